@@ -1,0 +1,6 @@
+//! podlet's master library.
+//!
+//! This first layer is Kubernetes label selector parsing and matching ([`selector`]), used by
+//! list/watch filtering, Services and ReplicaSets.
+
+pub mod selector;

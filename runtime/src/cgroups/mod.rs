@@ -1,0 +1,15 @@
+//! Cgroup discovery and podlet's cgroup root.
+//!
+//! podlet never touches a cgroup outside the subtree it was started in: its cgroup root is a
+//! child of the process's own cgroup in every hierarchy (systemd-delegation style), and every
+//! container cgroup resolves below that root, whatever `cgroupsPath` a bundle asks for.
+
+mod error;
+mod membership;
+mod mountinfo;
+mod root;
+
+pub use error::CgroupError;
+pub use membership::{parse_proc_cgroup, CgroupMembership};
+pub use mountinfo::{parse_cgroup_mounts, CgroupMount};
+pub use root::{CgroupRoot, CgroupVersion, HierarchyRoot, DEFAULT_CGROUP_ROOT};

@@ -1,0 +1,107 @@
+//! The `podlet` binary: one executable with subcommands, k3s style.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use podlet_runtime::cgroups::CgroupRoot;
+use podlet_runtime::kernel_check;
+
+/// podlet: a Linux container runtime, node agent and small Kubernetes-compatible master.
+#[derive(Debug, Parser)]
+#[command(name = "podlet", version, about)]
+struct Cli {
+    /// Cgroup root, relative to the cgroup podlet was started in (an absolute path must lie below it).
+    #[arg(long, global = true, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `debug` or `podlet_runtime=trace`.
+    #[arg(long, global = true, default_value = "warn", value_name = "FILTER")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output formats for commands that print data.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// Aligned text for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that this kernel and host can run podlet containers, and show the cgroup root.
+    CheckConfig {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+/// Checks whose failure makes podlet unusable on this host.
+const REQUIRED: &[&str] = &[
+    "namespace: mount",
+    "namespace: pid",
+    "namespace: uts",
+    "namespace: ipc",
+    "namespace: net",
+    "cgroup root",
+];
+
+fn check_config(cli: &Cli, format: Format) -> Result<ExitCode> {
+    let checks = kernel_check::run_checks(cli.cgroup_root.as_deref());
+    let failed_required: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.ok && REQUIRED.contains(&c.name.as_str()))
+        .map(|c| c.name.as_str())
+        .collect();
+    match format {
+        Format::Json => {
+            let root = CgroupRoot::discover(cli.cgroup_root.as_deref()).ok();
+            let doc = serde_json::json!({ "checks": checks, "cgroupRoot": root });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).context("encoding JSON")?
+            );
+        }
+        Format::Table => {
+            let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+            for c in &checks {
+                let mark = if c.ok { "ok" } else { "MISSING" };
+                println!("{:<width$}  {:<7}  {}", c.name, mark, c.detail);
+            }
+        }
+    }
+    if failed_required.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "podlet: required features missing: {}",
+            failed_required.join(", ")
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match &cli.command {
+        Command::CheckConfig { format } => check_config(&cli, *format),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("podlet: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
