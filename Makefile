@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release test test-unit check-config fmt clippy clean
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean
 
 all: build
 
@@ -12,9 +12,17 @@ deps:
 
 build:
 	$(CARGO) build --workspace --bins
+	ln -sf podlet target/debug/podlet-runc
 
 release:
 	$(CARGO) build --release --bin podlet
+	ln -sf podlet target/release/podlet-runc
+
+# Installs podlet and its runc-compatible name (the same binary) into $(PREFIX)/bin.
+PREFIX ?= /usr/local
+install: release
+	install -D -m 0755 target/release/podlet $(DESTDIR)$(PREFIX)/bin/podlet
+	ln -sf podlet $(DESTDIR)$(PREFIX)/bin/podlet-runc
 
 # The whole suite: unit, host (root), UML cgroup v2 and multi-node tiers, wrapped by the
 # leak guard, which fails the run if anything was left behind. Ends with one summary line.

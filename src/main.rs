@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::kernel_check;
 
+mod runc_cli;
+
 /// podlet: a Linux container runtime, node agent and small Kubernetes-compatible master.
 #[derive(Debug, Parser)]
 #[command(name = "podlet", version, about)]
@@ -87,6 +89,15 @@ fn check_config(cli: &Cli, format: Format) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Multicall: invoked as `podlet-runc` (a link to this binary), speak runc's CLI.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if invoked_as.as_deref() == Some("podlet-runc") {
+        return runc_cli::main(args);
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -1,8 +1,15 @@
 //! podlet's container runtime library.
 //!
-//! The runtime does kernel work directly through syscalls. This first layer holds what every
-//! other part depends on: where podlet's cgroups live ([`cgroups`]) and what the running kernel
-//! can do ([`kernel_check`]).
+//! Runs OCI bundles: namespaces, root filesystem, cgroups, capabilities, seccomp — each done
+//! with syscalls. [`container`] is the operation API (create, start, kill, delete, …) that the
+//! runc-compatible CLI and the rest of podlet call; the other modules are its steps.
 
 pub mod cgroups;
+pub mod container;
 pub mod kernel_check;
+pub mod mount_options;
+pub mod process;
+pub mod rootfs;
+pub mod spec;
+pub mod state;
+pub mod syscall;

@@ -5,11 +5,13 @@
 //! container cgroup resolves below that root, whatever `cgroupsPath` a bundle asks for.
 
 mod error;
+mod manager;
 mod membership;
 mod mountinfo;
 mod root;
 
 pub use error::CgroupError;
+pub use manager::{v2_settings, ContainerCgroups};
 pub use membership::{parse_proc_cgroup, CgroupMembership};
 pub use mountinfo::{parse_cgroup_mounts, CgroupMount};
 pub use root::{CgroupRoot, CgroupVersion, HierarchyRoot, DEFAULT_CGROUP_ROOT};

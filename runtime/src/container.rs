@@ -1,0 +1,594 @@
+//! Container operations: the library API behind `podlet-runc` and the rest of podlet.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{Hook, LinuxNamespaceType};
+
+use crate::cgroups::{CgroupError, CgroupRoot, ContainerCgroups};
+use crate::process::channel::{Channel, Message};
+use crate::process::init::{self, InitArgs};
+use crate::spec::{self, SpecError};
+use crate::state::{ContainerState, StateError, StateRoot, Status};
+
+/// Errors from container operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The bundle is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// State could not be read or written, or the id is bad/unknown/taken.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A cgroup step failed.
+    #[error("cgroups: {0}")]
+    Cgroup(#[from] CgroupError),
+    /// A kernel call in the runtime failed.
+    #[error("{0}: {1}")]
+    Sys(&'static str, String),
+    /// The container's init reported a failure while building the container.
+    #[error("container init: {0}")]
+    Init(String),
+    /// The operation does not fit the container's status.
+    #[error("container {id} is {status}: {what}")]
+    WrongStatus {
+        /// The container.
+        id: String,
+        /// Its status.
+        status: Status,
+        /// What was refused.
+        what: &'static str,
+    },
+    /// A hook failed.
+    #[error("hook {path}: {reason}")]
+    Hook {
+        /// The hook's program.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, ContainerError>;
+
+/// Options for [`create`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// `--no-pivot`.
+    pub no_pivot: bool,
+    /// `--preserve-fds`.
+    pub preserve_fds: i32,
+}
+
+/// The runtime context: where state lives and podlet's cgroup root.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The state root.
+    pub state: StateRoot,
+    /// podlet's cgroup root.
+    pub cgroups: CgroupRoot,
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(0x80),
+    }
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A process's start time in clock ticks since boot, or `None` if it does not exist.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn start_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("start.sock")
+}
+
+/// A path to `dir/name` short enough for a unix socket, through /proc/self/fd.
+fn short_socket_path(dir_fd: &OwnedFd, name: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/{name}", dir_fd.as_raw_fd()))
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| ContainerError::Sys("open state dir", e.to_string()))?;
+    // SAFETY: open returned a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Runs hooks with the container state on stdin, each within its timeout.
+pub fn run_hooks(hooks: Option<&Vec<Hook>>, state: &ContainerState) -> Result<()> {
+    let state_json = serde_json::to_vec(&runc_state_json(state)).unwrap_or_default();
+    for hook in hooks.into_iter().flatten() {
+        let mut cmd = std::process::Command::new(hook.path());
+        if let Some(args) = hook.args() {
+            if let Some((first, rest)) = args.split_first() {
+                std::os::unix::process::CommandExt::arg0(&mut cmd, first);
+                cmd.args(rest);
+            }
+        }
+        cmd.env_clear();
+        for kv in hook.env().iter().flatten() {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(std::process::Stdio::piped());
+        let hook_err = |reason: String| ContainerError::Hook {
+            path: hook.path().clone(),
+            reason,
+        };
+        let mut child = cmd.spawn().map_err(|e| hook_err(e.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            let _ = stdin.write_all(&state_json);
+        }
+        let deadline = hook
+            .timeout()
+            .filter(|t| *t > 0)
+            .map(|t| Instant::now() + Duration::from_secs(t as u64));
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) if st.success() => break,
+                Ok(Some(st)) => return Err(hook_err(format!("exited with {st}"))),
+                Ok(None) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(hook_err(format!(
+                            "timed out after {}s",
+                            hook.timeout().unwrap_or(0)
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(hook_err(e.to_string())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The state document `runc state` prints (and hooks read on stdin).
+pub fn runc_state_json(st: &ContainerState) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "ociVersion": st.oci_version,
+        "id": st.id,
+        "pid": st.pid,
+        "status": st.status,
+        "bundle": st.bundle,
+        "rootfs": st.rootfs,
+        "created": st.created,
+        "owner": st.owner,
+    });
+    if !st.annotations.is_empty() {
+        v["annotations"] = serde_json::json!(st.annotations);
+    }
+    v
+}
+
+impl Runtime {
+    /// Creates a container from the bundle; its init waits for [`Runtime::start`].
+    /// On any failure nothing is left: no state dir, cgroup or process.
+    pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<ContainerState> {
+        crate::state::validate_id(id)?;
+        let b = spec::load_bundle(bundle)?;
+        let state_dir = self.state.claim(id)?;
+        let mut cleanup = Cleanup {
+            runtime: self,
+            id: id.to_string(),
+            cgroups: None,
+            pid: None,
+            armed: true,
+        };
+        let st = self.create_inner(id, &b, opts, &state_dir, &mut cleanup)?;
+        cleanup.armed = false;
+        Ok(st)
+    }
+
+    fn create_inner(
+        &self,
+        id: &str,
+        b: &spec::Bundle,
+        opts: &CreateOptions,
+        state_dir: &Path,
+        cleanup: &mut Cleanup<'_>,
+    ) -> Result<ContainerState> {
+        let linux = b.spec.linux().clone().unwrap_or_default();
+        let mut flags = CloneFlags::empty();
+        let mut join = Vec::new();
+        let mut user_ns = false;
+        let mut mount_ns = false;
+        let mut uts_ns = false;
+        let mut pid_ns_fd = None;
+        let mut cgroup_ns = false;
+        for ns in linux.namespaces().iter().flatten() {
+            let flag = ns_flag(ns.typ());
+            match ns.typ() {
+                LinuxNamespaceType::Mount => mount_ns = true,
+                LinuxNamespaceType::Uts => uts_ns = true,
+                _ => {}
+            }
+            match ns.path() {
+                Some(p) => {
+                    let fd = std::fs::File::open(p).map_err(|e| {
+                        ContainerError::Sys("open namespace", format!("{}: {e}", p.display()))
+                    })?;
+                    let fd: OwnedFd = fd.into();
+                    if ns.typ() == LinuxNamespaceType::Pid {
+                        // pid namespaces apply to children: join before clone.
+                        pid_ns_fd = Some(fd);
+                    } else {
+                        join.push((flag, fd));
+                    }
+                }
+                None => {
+                    if ns.typ() == LinuxNamespaceType::User {
+                        user_ns = true;
+                    }
+                    if ns.typ() == LinuxNamespaceType::Cgroup {
+                        // Unshared by init once it sits in its cgroup, so that cgroup is the
+                        // namespace's root.
+                        cgroup_ns = true;
+                    } else {
+                        flags |= flag;
+                    }
+                }
+            }
+        }
+        let cgroups_path = linux
+            .cgroups_path()
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| id.to_string());
+        let cg =
+            ContainerCgroups::create(&self.cgroups, &cgroups_path, linux.resources().as_ref())?;
+        cleanup.cgroups = Some(cg.clone());
+
+        let dir_fd = open_dir(state_dir)?;
+        let listener = UnixListener::bind(short_socket_path(&dir_fd, "start.sock"))
+            .map_err(|e| ContainerError::Sys("bind start socket", e.to_string()))?;
+        let (mut parent_chan, child_chan) =
+            Channel::pair().map_err(|e| ContainerError::Sys("socketpair", e.to_string()))?;
+        let mut args = Some(InitArgs {
+            spec: b.spec.clone(),
+            rootfs: b.rootfs.clone(),
+            join,
+            mount_ns,
+            user_ns,
+            uts_ns,
+            cgroup_ns,
+            no_pivot: opts.no_pivot,
+            preserve_fds: opts.preserve_fds,
+            start_listener: Some(listener),
+        });
+        let mut child_chan = Some(child_chan);
+        if let Some(fd) = &pid_ns_fd {
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)
+                .map_err(|e| ContainerError::Sys("join pid namespace", e.to_string()))?;
+        }
+        let mut stack = vec![0u8; 1 << 20];
+        let cb = Box::new(move || -> isize {
+            let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
+                return 1;
+            };
+            init::run(a, c)
+        });
+        // SAFETY: the child runs on its own stack in a copy of this single-threaded process
+        // and only returns an exit code (or execs); SIGCHLD lets us wait for it.
+        let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
+            .map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
+        cleanup.pid = Some(pid.as_raw());
+        if user_ns {
+            write_id_maps(pid.as_raw(), &linux)?;
+        }
+        cg.add_process(pid.as_raw())?;
+        parent_chan
+            .send(&Message::Continue)
+            .map_err(|e| ContainerError::Sys("sync with init", e.to_string()))?;
+        match parent_chan.recv() {
+            Ok(Some(Message::Ready)) => {}
+            Ok(Some(Message::Error(e))) => return Err(ContainerError::Init(e)),
+            Ok(_) | Err(_) => return Err(ContainerError::Init("init exited during setup".into())),
+        }
+        let st = ContainerState {
+            oci_version: b.spec.version().clone(),
+            id: id.to_string(),
+            status: Status::Created,
+            pid: pid.as_raw(),
+            pid_start_time: process_start_time(pid.as_raw()).unwrap_or(0),
+            bundle: b.dir.clone(),
+            rootfs: b.rootfs.clone(),
+            created: now_rfc3339(),
+            owner: "root".into(),
+            annotations: b.spec.annotations().clone().unwrap_or_default(),
+            cgroup_dirs: cg.dirs.iter().map(|(_, d)| d.clone()).collect(),
+        };
+        self.state.save(&st)?;
+        let hooks = b.spec.hooks().clone().unwrap_or_default();
+        #[allow(deprecated)]
+        run_hooks(hooks.prestart().as_ref(), &st)?;
+        run_hooks(hooks.create_runtime().as_ref(), &st)?;
+        if let Some(pf) = &opts.pid_file {
+            let tmp = pf.with_extension("tmp");
+            std::fs::write(&tmp, pid.as_raw().to_string())
+                .and_then(|_| std::fs::rename(&tmp, pf))
+                .map_err(|e| {
+                    ContainerError::Sys("write pid file", format!("{}: {e}", pf.display()))
+                })?;
+        }
+        Ok(st)
+    }
+
+    /// The container's state with its status refreshed from the kernel.
+    pub fn state(&self, id: &str) -> Result<ContainerState> {
+        let mut st = self.state.load(id)?;
+        let alive = st.pid > 0
+            && process_start_time(st.pid)
+                .is_some_and(|t| st.pid_start_time == 0 || t == st.pid_start_time);
+        st.status = if !alive {
+            Status::Stopped
+        } else if start_socket(&self.state.container_dir(id)?).exists() {
+            Status::Created
+        } else if ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).is_frozen() {
+            Status::Paused
+        } else {
+            Status::Running
+        };
+        if st.status == Status::Stopped {
+            st.pid = 0;
+        }
+        Ok(st)
+    }
+
+    /// Starts a created container's user process.
+    pub fn start(&self, id: &str) -> Result<ContainerState> {
+        let st = self.state(id)?;
+        if st.status != Status::Created {
+            return Err(ContainerError::WrongStatus {
+                id: id.into(),
+                status: st.status,
+                what: "only a created container can be started",
+            });
+        }
+        let dir = self.state.container_dir(id)?;
+        let dir_fd = open_dir(&dir)?;
+        let mut conn = UnixStream::connect(short_socket_path(&dir_fd, "start.sock"))
+            .map_err(|e| ContainerError::Sys("connect start socket", e.to_string()))?;
+        let _ = std::fs::remove_file(start_socket(&dir));
+        use std::io::Write;
+        conn.write_all(b"s")
+            .map_err(|e| ContainerError::Sys("signal start", e.to_string()))?;
+        // EOF means init reached exec (the socket is close-on-exec).
+        let mut buf = [0u8; 1];
+        let _ = conn.read(&mut buf);
+        let st = self.state(id)?;
+        let spec = spec::load_bundle(&st.bundle).map(|b| b.spec).ok();
+        if let Some(hooks) = spec.as_ref().and_then(|s| s.hooks().clone()) {
+            // poststart failures are logged, not fatal (runtime spec).
+            if let Err(e) = run_hooks(hooks.poststart().as_ref(), &st) {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(st)
+    }
+
+    /// Sends `signal` to the container's init, or to every process in it with `all`.
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+        let st = self.state(id)?;
+        if st.status == Status::Stopped {
+            return Err(ContainerError::WrongStatus {
+                id: id.into(),
+                status: st.status,
+                what: "cannot signal a stopped container",
+            });
+        }
+        if all {
+            for pid in ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).pids() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+            }
+            return Ok(());
+        }
+        nix::sys::signal::kill(Pid::from_raw(st.pid), signal)
+            .map_err(|e| ContainerError::Sys("kill", e.to_string()))
+    }
+
+    /// Deletes a container: refused while it runs unless `force`, which kills it first.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let st = self.state(id)?;
+        let cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
+        match st.status {
+            Status::Stopped => {}
+            Status::Created => kill_and_wait(&st, &cg),
+            _ if force => kill_and_wait(&st, &cg),
+            status => {
+                return Err(ContainerError::WrongStatus {
+                    id: id.into(),
+                    status,
+                    what: "stop it first or use --force",
+                })
+            }
+        }
+        cg.remove();
+        let hooks = spec::load_bundle(&st.bundle)
+            .ok()
+            .and_then(|b| b.spec.hooks().clone());
+        let mut stopped = st.clone();
+        stopped.status = Status::Stopped;
+        self.state.remove(id)?;
+        if let Some(h) = hooks {
+            if let Err(e) = run_hooks(h.poststop().as_ref(), &stopped) {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes a running container.
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let st = self.state(id)?;
+        if st.status != Status::Running {
+            return Err(ContainerError::WrongStatus {
+                id: id.into(),
+                status: st.status,
+                what: "only a running container can be paused",
+            });
+        }
+        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).set_frozen(true)?)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let st = self.state(id)?;
+        if st.status != Status::Paused {
+            return Err(ContainerError::WrongStatus {
+                id: id.into(),
+                status: st.status,
+                what: "only a paused container can be resumed",
+            });
+        }
+        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).set_frozen(false)?)
+    }
+
+    /// Pids of every process in the container.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        let st = self.state(id)?;
+        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).pids())
+    }
+
+    /// Every container's refreshed state.
+    pub fn list(&self) -> Result<Vec<ContainerState>> {
+        self.state.list()?.iter().map(|id| self.state(id)).collect()
+    }
+
+    /// Waits for a container whose init is this process's child; returns a shell-style code.
+    pub fn wait_child(&self, pid: i32) -> i32 {
+        loop {
+            match waitpid(Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return 255,
+            }
+        }
+    }
+}
+
+fn kill_and_wait(st: &ContainerState, cg: &ContainerCgroups) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(st.pid), Signal::SIGKILL);
+    for pid in cg.pids() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    // Reap it if it is our child; otherwise wait for it to vanish.
+    let _ = waitpid(
+        Pid::from_raw(st.pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && (process_start_time(st.pid).is_some() || !cg.pids().is_empty())
+    {
+        let _ = waitpid(
+            Pid::from_raw(st.pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<()> {
+    let fmt = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> String {
+        maps.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect()
+    };
+    let uid = fmt(linux.uid_mappings());
+    let gid = fmt(linux.gid_mappings());
+    if !uid.is_empty() {
+        std::fs::write(format!("/proc/{pid}/uid_map"), uid)
+            .map_err(|e| ContainerError::Sys("write uid_map", e.to_string()))?;
+    }
+    if !gid.is_empty() {
+        std::fs::write(format!("/proc/{pid}/gid_map"), gid)
+            .map_err(|e| ContainerError::Sys("write gid_map", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Undoes a half-made `create`: kills the init, removes cgroups and the state dir.
+struct Cleanup<'a> {
+    runtime: &'a Runtime,
+    id: String,
+    cgroups: Option<ContainerCgroups>,
+    pid: Option<i32>,
+    armed: bool,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        if let Some(cg) = &self.cgroups {
+            cg.remove();
+        }
+        let _ = self.runtime.state.remove(&self.id);
+    }
+}

@@ -1,0 +1,324 @@
+//! The container's init: runs in the cloned child, builds the container, then execs.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxCapabilities, Spec};
+
+use super::channel::{Channel, Message};
+use crate::rootfs::{self, RootfsOptions};
+use crate::syscall::LinuxSyscall;
+
+/// Everything init needs, prepared by the parent before clone.
+#[derive(Debug)]
+pub struct InitArgs {
+    /// The container's configuration.
+    pub spec: Spec,
+    /// The root filesystem (host path).
+    pub rootfs: PathBuf,
+    /// Namespaces to join: flag and an open fd of the namespace file.
+    pub join: Vec<(CloneFlags, OwnedFd)>,
+    /// Whether a new mount namespace was created.
+    pub mount_ns: bool,
+    /// Whether a new user namespace was created (maps come from the parent).
+    pub user_ns: bool,
+    /// Whether a new uts namespace was created or joined.
+    pub uts_ns: bool,
+    /// Whether to unshare a cgroup namespace (after the parent placed us in our cgroup).
+    pub cgroup_ns: bool,
+    /// `--no-pivot`.
+    pub no_pivot: bool,
+    /// Extra fds (3..3+n) that stay open in the container (`--preserve-fds`).
+    pub preserve_fds: i32,
+    /// The listening start socket, bound in the state dir by the parent.
+    pub start_listener: Option<UnixListener>,
+}
+
+/// Init's body. Never returns: it execs the user process or exits.
+pub fn run(mut args: InitArgs, mut chan: Channel) -> isize {
+    match chan.recv() {
+        Ok(Some(Message::Continue)) => {}
+        _ => return 1,
+    }
+    let listener = args.start_listener.take();
+    let result = setup(&args);
+    match result {
+        Ok(()) => {
+            let _ = chan.send(&Message::Ready);
+        }
+        Err(e) => {
+            let _ = chan.send(&Message::Error(e));
+            return 1;
+        }
+    }
+    drop(chan);
+    if let Some(listener) = listener {
+        // Wait for `start`: one connection, one byte.
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                let mut b = [0u8; 1];
+                let _ = conn.read(&mut b);
+                // The connection closes on exec (CLOEXEC); `start` reads that as "started".
+                std::mem::forget(conn);
+            }
+            Err(_) => return 1,
+        }
+        drop(listener);
+    }
+    let err = exec_process(&args.spec);
+    eprintln!("podlet: exec failed: {err}");
+    127
+}
+
+fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+fn setup(args: &InitArgs) -> Result<(), String> {
+    // Other processes in the container must not reach this process's memory or
+    // /proc/<pid>/exe (the runtime binary) before it execs: CVE-2019-5736 class.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // Join the user namespace first, so the others are joined with its privileges.
+    let mut join: Vec<&(CloneFlags, OwnedFd)> = args.join.iter().collect();
+    join.sort_by_key(|(f, _)| {
+        if *f == CloneFlags::CLONE_NEWUSER {
+            0
+        } else {
+            1
+        }
+    });
+    for (flag, fd) in join {
+        step(
+            &format!("join namespace {flag:?}"),
+            nix::sched::setns(fd, *flag),
+        )?;
+    }
+    if args.user_ns {
+        step(
+            "setresuid(0)",
+            nix::unistd::setresuid(0.into(), 0.into(), 0.into()),
+        )?;
+        step(
+            "setresgid(0)",
+            nix::unistd::setresgid(0.into(), 0.into(), 0.into()),
+        )?;
+    }
+    if args.cgroup_ns {
+        step(
+            "unshare cgroup namespace",
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP),
+        )?;
+    }
+    step("setsid", nix::unistd::setsid())?;
+    let spec = &args.spec;
+    let process = spec.process().as_ref().ok_or("process missing")?;
+    if let Some(adj) = process.oom_score_adj() {
+        step(
+            "oom_score_adj",
+            std::fs::write("/proc/self/oom_score_adj", adj.to_string()),
+        )?;
+    }
+    if args.mount_ns {
+        let opts = RootfsOptions {
+            user_namespace: args.user_ns,
+            no_pivot: args.no_pivot,
+        };
+        step(
+            "rootfs",
+            rootfs::prepare(spec, &args.rootfs, opts, &LinuxSyscall),
+        )?;
+    } else {
+        return Err("linux.namespaces: podlet needs a mount namespace to set up the rootfs without touching the host's mounts".into());
+    }
+    if args.uts_ns {
+        if let Some(h) = spec.hostname() {
+            step("sethostname", nix::unistd::sethostname(h))?;
+        }
+        if let Some(d) = spec.domainname() {
+            // SAFETY: the pointer and length describe a live byte slice.
+            let r = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
+            if r != 0 {
+                return Err(format!(
+                    "setdomainname: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    }
+    for rl in process.rlimits().iter().flatten() {
+        let name = serde_json::to_value(rl.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let res = rlimit_resource(&name)
+            .ok_or_else(|| format!("process.rlimits: unknown type {name}"))?;
+        let lim = libc::rlimit {
+            rlim_cur: rl.soft(),
+            rlim_max: rl.hard(),
+        };
+        // SAFETY: setrlimit reads a valid rlimit struct.
+        if unsafe { libc::setrlimit(res, &lim) } != 0 {
+            return Err(format!(
+                "setrlimit {name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    // User and capabilities.
+    let user = process.user();
+    let caps = process.capabilities().clone().unwrap_or_default();
+    step("capability bounding set", drop_bounding(&caps))?;
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    let groups: Vec<nix::unistd::Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| (*g).into())
+        .collect();
+    step("setgroups", nix::unistd::setgroups(&groups))?;
+    step(
+        "setgid",
+        nix::unistd::setresgid(user.gid().into(), user.gid().into(), user.gid().into()),
+    )?;
+    step(
+        "setuid",
+        nix::unistd::setresuid(user.uid().into(), user.uid().into(), user.uid().into()),
+    )?;
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    step("capabilities", apply_caps(&caps))?;
+    if let Some(umask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+    }
+    if process.no_new_privileges().unwrap_or(false) {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+        }
+    }
+    // The working directory must lie inside the new root (CVE-2024-21626 class): after
+    // pivot_root, a leaked host directory fd would show as "(unreachable)".
+    step(
+        &format!("process.cwd {}", process.cwd().display()),
+        nix::unistd::chdir(process.cwd()),
+    )?;
+    let cwd = step("getcwd", nix::unistd::getcwd())?;
+    if !cwd.starts_with("/") || cwd.to_string_lossy().contains("(unreachable)") {
+        return Err(format!(
+            "process.cwd {} resolves outside the container root",
+            process.cwd().display()
+        ));
+    }
+    // No runtime fd may reach the user process: everything above 2 + preserved closes on exec.
+    let first = 3 + args.preserve_fds.max(0) as u32;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Ok(())
+}
+
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Converts an OCI capability set to the `caps` crate's, skipping ones this kernel lacks.
+fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> HashSet<caps::Capability> {
+    let supported = caps::runtime::thread_all_supported();
+    set.iter()
+        .flatten()
+        .filter_map(|c| format!("CAP_{c}").parse::<caps::Capability>().ok())
+        .filter(|c| supported.contains(c))
+        .collect()
+}
+
+fn drop_bounding(caps: &LinuxCapabilities) -> Result<(), caps::errors::CapsError> {
+    let keep = to_caps(caps.bounding());
+    for c in caps::runtime::thread_all_supported() {
+        if !keep.contains(&c) {
+            caps::drop(None, caps::CapSet::Bounding, c)?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_caps(caps: &LinuxCapabilities) -> Result<(), caps::errors::CapsError> {
+    caps::set(None, caps::CapSet::Effective, &HashSet::new())?;
+    caps::set(None, caps::CapSet::Permitted, &to_caps(caps.permitted()))?;
+    caps::set(
+        None,
+        caps::CapSet::Inheritable,
+        &to_caps(caps.inheritable()),
+    )?;
+    caps::set(None, caps::CapSet::Effective, &to_caps(caps.effective()))?;
+    caps::clear(None, caps::CapSet::Ambient)?;
+    for c in to_caps(caps.ambient()) {
+        caps::raise(None, caps::CapSet::Ambient, c)?;
+    }
+    Ok(())
+}
+
+/// Finds `program` on the container's `PATH` (from the spec's env), as execvp would.
+pub fn resolve_program(program: &str, env: &[String]) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from(program)
+}
+
+fn exec_process(spec: &Spec) -> String {
+    let Some(process) = spec.process() else {
+        return "process missing".into();
+    };
+    let args = process.args().clone().unwrap_or_default();
+    let env = process.env().clone().unwrap_or_default();
+    let program = resolve_program(&args[0], &env);
+    let to_c = |s: &str| CString::new(s.as_bytes()).unwrap_or_default();
+    let c_args: Vec<CString> = args.iter().map(|a| to_c(a)).collect();
+    let c_env: Vec<CString> = env.iter().map(|e| to_c(e)).collect();
+    let c_prog = to_c(&program.to_string_lossy());
+    match nix::unistd::execve(&c_prog, &c_args, &c_env) {
+        Ok(_) => unreachable!("execve returned success"),
+        Err(e) => format!("{}: {e}", args[0]),
+    }
+}

@@ -1,0 +1,263 @@
+//! Loading and validating an OCI bundle's `config.json`.
+//!
+//! Parsing is done by `oci-spec`; this module adds the checks a runtime must make before it
+//! touches the kernel, each error naming the field at fault.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// Why a bundle cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// `config.json` could not be read.
+    #[error("bundle {bundle}: cannot read config.json: {source}")]
+    Read {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `config.json` is not valid JSON or has fields of the wrong type.
+    #[error("bundle {bundle}: config.json: {detail}")]
+    Parse {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The parser's message, with line and column.
+        detail: String,
+    },
+    /// A field holds a value the runtime cannot accept.
+    #[error("config.json: {field}: {reason}")]
+    Invalid {
+        /// The JSON path of the field, e.g. `process.args`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A loaded, validated bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle directory (absolute).
+    pub dir: PathBuf,
+    /// The parsed configuration.
+    pub spec: Spec,
+    /// The root filesystem (absolute, canonical).
+    pub rootfs: PathBuf,
+}
+
+/// Reads and validates `<bundle>/config.json`.
+pub fn load_bundle(bundle: &Path) -> Result<Bundle, SpecError> {
+    let dir = std::path::absolute(bundle).map_err(|source| SpecError::Read {
+        bundle: bundle.to_path_buf(),
+        source,
+    })?;
+    let text = std::fs::read(dir.join("config.json")).map_err(|source| SpecError::Read {
+        bundle: dir.clone(),
+        source,
+    })?;
+    let spec: Spec = serde_json::from_slice(&text).map_err(|e| SpecError::Parse {
+        bundle: dir.clone(),
+        detail: e.to_string(),
+    })?;
+    let rootfs = validate(&spec, &dir)?;
+    Ok(Bundle { dir, spec, rootfs })
+}
+
+/// Checks `spec` for a bundle at `dir`; returns the canonical rootfs path.
+pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
+    let version = spec.version();
+    if !version.starts_with("1.") || version.split('.').count() < 2 {
+        return Err(invalid(
+            "ociVersion",
+            format!("{version:?} is not a 1.x version"),
+        ));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("root", "missing; a Linux container needs a root filesystem"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        dir.join(root.path())
+    };
+    let rootfs = rootfs
+        .canonicalize()
+        .map_err(|e| invalid("root.path", format!("{}: {e}", rootfs.display())))?;
+    if !rootfs.is_dir() {
+        return Err(invalid(
+            "root.path",
+            format!("{} is not a directory", rootfs.display()),
+        ));
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("process", "missing"))?;
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => return Err(invalid("process.args", "must name a program to run")),
+    }
+    if !process.cwd().is_absolute() {
+        return Err(invalid(
+            "process.cwd",
+            format!("{:?} must be an absolute path", process.cwd()),
+        ));
+    }
+    for (i, kv) in process.env().iter().flatten().enumerate() {
+        if !kv.contains('=') {
+            return Err(invalid(
+                format!("process.env[{i}]"),
+                format!("{kv:?} is not KEY=VALUE"),
+            ));
+        }
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if !m.destination().is_absolute() {
+            return Err(invalid(
+                format!("mounts[{i}].destination"),
+                format!("{:?} must be absolute", m.destination()),
+            ));
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        let mut seen = HashSet::new();
+        for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+            if !seen.insert(ns.typ()) {
+                return Err(invalid(
+                    format!("linux.namespaces[{i}]"),
+                    format!("duplicate namespace {:?}", ns.typ()),
+                ));
+            }
+            if let Some(p) = ns.path() {
+                if !p.is_absolute() {
+                    return Err(invalid(
+                        format!("linux.namespaces[{i}].path"),
+                        format!("{p:?} must be absolute"),
+                    ));
+                }
+                if !p.exists() {
+                    return Err(invalid(
+                        format!("linux.namespaces[{i}].path"),
+                        format!("{} does not exist", p.display()),
+                    ));
+                }
+            }
+        }
+        let has_user = seen.contains(&LinuxNamespaceType::User);
+        let maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+        if maps && !has_user {
+            return Err(invalid(
+                "linux.uidMappings",
+                "mappings given without a user namespace",
+            ));
+        }
+        if let Some(p) = linux.rootfs_propagation() {
+            if ![
+                "",
+                "private",
+                "rprivate",
+                "slave",
+                "rslave",
+                "shared",
+                "rshared",
+                "unbindable",
+                "runbindable",
+            ]
+            .contains(&p.as_str())
+            {
+                return Err(invalid(
+                    "linux.rootfsPropagation",
+                    format!("unknown propagation {p:?}"),
+                ));
+            }
+        }
+        if spec.hostname().as_ref().is_some_and(|h| !h.is_empty())
+            && !seen.contains(&LinuxNamespaceType::Uts)
+        {
+            return Err(invalid(
+                "hostname",
+                "setting a hostname needs a new uts namespace",
+            ));
+        }
+    }
+    Ok(rootfs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_with(config: &str) -> (tempfile::TempDir, Result<Bundle, SpecError>) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("rootfs")).unwrap();
+        std::fs::write(d.path().join("config.json"), config).unwrap();
+        let r = load_bundle(d.path());
+        (d, r)
+    }
+
+    const GOOD: &str = r#"{"ociVersion":"1.2.0","root":{"path":"rootfs"},"process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},
+        "linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}"#;
+
+    #[test]
+    fn accepts_a_minimal_bundle() {
+        let (d, r) = bundle_with(GOOD);
+        let b = r.unwrap();
+        assert_eq!(b.rootfs, d.path().join("rootfs").canonicalize().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("1.2.0", "0.9.0"), "ociVersion"),
+            (
+                GOOD.replace(r#""args":["sh"]"#, r#""args":[]"#),
+                "process.args",
+            ),
+            (
+                GOOD.replace(r#""path":"rootfs""#, r#""path":"nope""#),
+                "root.path",
+            ),
+            (
+                GOOD.replace(r#"{"type":"mount"}"#, r#"{"type":"pid"}"#),
+                "linux.namespaces[1]",
+            ),
+            (
+                GOOD.replace(r#""cwd":"/""#, r#""cwd":"rel""#),
+                "process.cwd",
+            ),
+            (
+                GOOD.replace(
+                    r#"{"type":"mount"}"#,
+                    r#"{"type":"network","path":"/nonexistent/ns"}"#,
+                ),
+                "linux.namespaces[1].path",
+            ),
+        ];
+        for (config, field) in cases {
+            let (_d, r) = bundle_with(&config);
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_and_unknown_namespaces_are_parse_errors() {
+        let (_d, r) = bundle_with("{not json");
+        assert!(matches!(r, Err(SpecError::Parse { .. })));
+        let (_d, r) = bundle_with(&GOOD.replace(r#"{"type":"mount"}"#, r#"{"type":"bogus"}"#));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

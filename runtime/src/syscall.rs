@@ -1,0 +1,169 @@
+//! The thin layer between runtime logic and the kernel.
+//!
+//! Rootfs setup calls the kernel only through [`Syscall`], so its ordering and flags can be
+//! unit-tested with [`RecordingSyscall`]; [`LinuxSyscall`] does the real calls.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+/// Kernel calls used while building a container's root filesystem.
+pub trait Syscall {
+    /// mount(2).
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    /// umount2(2).
+    fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()>;
+    /// pivot_root(2).
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()>;
+    /// chdir(2).
+    fn chdir(&self, path: &Path) -> nix::Result<()>;
+    /// symlink(2).
+    fn symlink(&self, target: &Path, link: &Path) -> nix::Result<()>;
+    /// mknod(2) of a character or block device.
+    fn mknod(
+        &self,
+        path: &Path,
+        kind: nix::sys::stat::SFlag,
+        mode: u32,
+        dev: u64,
+    ) -> nix::Result<()>;
+}
+
+/// The real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSyscall;
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+    fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+        nix::mount::umount2(target, flags)
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old)
+    }
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        nix::unistd::chdir(path)
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> nix::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    }
+    fn mknod(
+        &self,
+        path: &Path,
+        kind: nix::sys::stat::SFlag,
+        mode: u32,
+        dev: u64,
+    ) -> nix::Result<()> {
+        nix::sys::stat::mknod(
+            path,
+            kind,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+            dev,
+        )
+    }
+}
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// mount(source, target, fstype, flags, data).
+    Mount(
+        Option<PathBuf>,
+        PathBuf,
+        Option<String>,
+        MsFlags,
+        Option<String>,
+    ),
+    /// umount2(target, flags).
+    Umount(PathBuf, MntFlags),
+    /// pivot_root(new, old).
+    PivotRoot(PathBuf, PathBuf),
+    /// chdir(path).
+    Chdir(PathBuf),
+    /// symlink(target, link).
+    Symlink(PathBuf, PathBuf),
+    /// mknod(path, mode, dev).
+    Mknod(PathBuf, u32, u64),
+}
+
+/// A test double that records calls instead of making them.
+#[derive(Debug, Default)]
+pub struct RecordingSyscall {
+    /// Every call, in order.
+    pub calls: RefCell<Vec<Call>>,
+}
+
+impl Syscall for RecordingSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        self.calls.borrow_mut().push(Call::Mount(
+            source.map(Path::to_path_buf),
+            target.to_path_buf(),
+            fstype.map(str::to_string),
+            flags,
+            data.map(str::to_string),
+        ));
+        Ok(())
+    }
+    fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+        self.calls
+            .borrow_mut()
+            .push(Call::Umount(target.to_path_buf(), flags));
+        Ok(())
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        self.calls.borrow_mut().push(Call::PivotRoot(
+            new_root.to_path_buf(),
+            put_old.to_path_buf(),
+        ));
+        Ok(())
+    }
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        self.calls
+            .borrow_mut()
+            .push(Call::Chdir(path.to_path_buf()));
+        Ok(())
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> nix::Result<()> {
+        self.calls
+            .borrow_mut()
+            .push(Call::Symlink(target.to_path_buf(), link.to_path_buf()));
+        Ok(())
+    }
+    fn mknod(
+        &self,
+        path: &Path,
+        _kind: nix::sys::stat::SFlag,
+        mode: u32,
+        dev: u64,
+    ) -> nix::Result<()> {
+        self.calls
+            .borrow_mut()
+            .push(Call::Mknod(path.to_path_buf(), mode, dev));
+        Ok(())
+    }
+}

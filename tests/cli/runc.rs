@@ -1,0 +1,483 @@
+//! Host tier: `podlet-runc` runs real containers from a busybox bundle (namespaces, pivot_root,
+//! mounts, devices, cgroups, capabilities), drives the create/start/state/kill/delete
+//! lifecycle, and rejects bad input without leaving state, cgroups or processes behind.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{json, Value};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A bundle, a private state root and cgroup root; deletes its containers on drop.
+struct Env {
+    dir: tempfile::TempDir,
+    cgroup_root: String,
+    ids: Vec<String>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("rootfs/bin");
+        fs::create_dir_all(&bin).unwrap();
+        fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static installed");
+        for applet in [
+            "sh", "echo", "cat", "ls", "sleep", "hostname", "id", "grep", "readlink", "touch",
+            "head",
+        ] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_podlet"), dir.path().join("podlet-runc"))
+            .unwrap();
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let env = Env {
+            dir,
+            cgroup_root: format!("podlet-runc-test-{}-{n}", std::process::id()),
+            ids: Vec::new(),
+        };
+        let out = env.runc(&["spec", "--bundle", env.bundle().to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        env
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn config(&self) -> Value {
+        serde_json::from_slice(&fs::read(self.bundle().join("config.json")).unwrap()).unwrap()
+    }
+
+    fn set_config(&self, f: impl FnOnce(&mut Value)) {
+        let mut c = self.config();
+        f(&mut c);
+        fs::write(
+            self.bundle().join("config.json"),
+            serde_json::to_vec(&c).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn set_args(&self, args: &[&str]) {
+        self.set_config(|c| {
+            c["process"]["args"] = json!(args);
+            c["process"]["terminal"] = json!(false);
+        });
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.dir.path().join("podlet-runc"));
+        cmd.arg("--root")
+            .arg(self.root())
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .args(args);
+        cmd
+    }
+
+    /// Runs podlet-runc with stdout/stderr in files: a created container inherits them, so
+    /// pipes would stay open until it exits. Gives up (and fails) after 60 s.
+    fn runc(&self, args: &[&str]) -> Output {
+        run_with_files(self.command(args), self.dir.path())
+    }
+
+    fn id(&mut self, name: &str) -> String {
+        let id = format!("{name}-{}", std::process::id());
+        self.ids.push(id.clone());
+        id
+    }
+
+    fn run(&mut self, name: &str, args: &[&str]) -> Output {
+        self.set_args(args);
+        let id = self.id(name);
+        self.runc(&["run", "--bundle", self.bundle().to_str().unwrap(), &id])
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let root =
+            podlet_runtime::cgroups::CgroupRoot::discover(Some(Path::new(&self.cgroup_root)))
+                .unwrap();
+        root.hierarchies
+            .iter()
+            .map(|h| h.root_dir.clone())
+            .filter(|d| d.exists())
+            .collect()
+    }
+
+    fn state_entries(&self) -> Vec<String> {
+        fs::read_dir(self.root())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for id in self.ids.clone() {
+            let _ = self.runc(&["delete", "--force", &id]);
+        }
+    }
+}
+
+fn run_with_files(mut cmd: Command, dir: &Path) -> Output {
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let (out_path, err_path) = (dir.join(format!("out-{n}")), dir.join(format!("err-{n}")));
+    cmd.stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("podlet-runc {cmd:?} timed out");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let out = Output {
+        status,
+        stdout: fs::read(&out_path).unwrap(),
+        stderr: fs::read(&err_path).unwrap(),
+    };
+    let _ = fs::remove_file(out_path);
+    let _ = fs::remove_file(err_path);
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn run_gives_an_isolated_container_and_cleans_up() {
+    let mut env = Env::new();
+    let out = env.run(
+        "iso",
+        &[
+            "sh",
+            "-c",
+            "echo pid=$$; hostname; cat /proc/self/cgroup | grep '^0::'; ls /dev; ls /",
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}{}", text, stderr(&out));
+    assert!(
+        text.contains("pid=1\n"),
+        "not pid 1 in its own pid namespace: {text}"
+    );
+    assert!(text.contains("podlet\n"), "hostname not set: {text}");
+    assert!(
+        text.contains("0::/\n"),
+        "cgroup namespace root is not the container's cgroup: {text}"
+    );
+    for dev in [
+        "null", "zero", "urandom", "tty", "pts", "shm", "stdout", "ptmx",
+    ] {
+        assert!(text.lines().any(|l| l == dev), "/dev/{dev} missing: {text}");
+    }
+    assert!(
+        !text.contains("state\n") && text.contains("bin\n"),
+        "root is not the bundle's rootfs: {text}"
+    );
+    assert!(
+        env.state_entries().is_empty(),
+        "state left: {:?}",
+        env.state_entries()
+    );
+    assert!(
+        env.cgroup_dirs().is_empty(),
+        "cgroups left: {:?}",
+        env.cgroup_dirs()
+    );
+}
+
+#[test]
+fn exit_code_is_the_containers() {
+    let mut env = Env::new();
+    assert_eq!(
+        env.run("exit", &["sh", "-c", "exit 7"]).status.code(),
+        Some(7)
+    );
+    // A container killed by a signal: `run` reports 128 + signal, like a shell.
+    env.set_args(&["sleep", "1000"]);
+    let id = env.id("killed");
+    let mut run = env.command(&["run", "--bundle", env.bundle().to_str().unwrap(), &id]);
+    run.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = run.spawn().unwrap();
+    let mut running = false;
+    for _ in 0..500 {
+        let st: Value =
+            serde_json::from_slice(&env.runc(&["state", &id]).stdout).unwrap_or(Value::Null);
+        if st["status"] == "running" {
+            running = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let killed = running && env.runc(&["kill", &id, "9"]).status.success();
+    let status = child.wait().unwrap();
+    assert!(killed, "container never ran or could not be killed");
+    assert_eq!(status.code(), Some(128 + 9));
+}
+
+#[test]
+fn lifecycle_create_start_pause_resume_kill_delete() {
+    let mut env = Env::new();
+    env.set_args(&["sleep", "1000"]);
+    let id = env.id("life");
+    let pid_file = env.dir.path().join("pid");
+    let out = env.runc(&[
+        "create",
+        "--bundle",
+        env.bundle().to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let state =
+        |env: &Env| -> Value { serde_json::from_slice(&env.runc(&["state", &id]).stdout).unwrap() };
+    let st = state(&env);
+    assert_eq!(st["status"], "created");
+    let pid = st["pid"].as_i64().unwrap();
+    assert_eq!(fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    assert_eq!(st["id"], id.as_str());
+    assert_eq!(st["bundle"], env.bundle().to_str().unwrap());
+    // Created means waiting: the user program has not been exec'd yet.
+    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!cmdline.starts_with("sleep"), "{cmdline}");
+    let dup = env.runc(&["create", "--bundle", env.bundle().to_str().unwrap(), &id]);
+    assert!(
+        !dup.status.success() && stderr(&dup).contains("already exists"),
+        "{}",
+        stderr(&dup)
+    );
+
+    assert!(env.runc(&["start", &id]).status.success());
+    assert_eq!(state(&env)["status"], "running");
+    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.starts_with("sleep"), "{cmdline}");
+    let ps: Vec<i64> =
+        serde_json::from_slice(&env.runc(&["ps", "--format", "json", &id]).stdout).unwrap();
+    assert_eq!(ps, vec![pid]);
+    let again = env.runc(&["start", &id]);
+    assert!(
+        !again.status.success() && stderr(&again).contains("running"),
+        "{}",
+        stderr(&again)
+    );
+
+    assert!(env.runc(&["pause", &id]).status.success());
+    assert_eq!(state(&env)["status"], "paused");
+    let proc_state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(env.runc(&["resume", &id]).status.success());
+    assert_eq!(state(&env)["status"], "running", "{proc_state}");
+
+    let list: Vec<Value> =
+        serde_json::from_slice(&env.runc(&["list", "--format", "json"]).stdout).unwrap();
+    assert!(list
+        .iter()
+        .any(|c| c["id"] == id.as_str() && c["status"] == "running"));
+
+    let refused = env.runc(&["delete", &id]);
+    assert!(!refused.status.success() && stderr(&refused).contains("--force"));
+    assert!(env.runc(&["kill", &id, "KILL"]).status.success());
+    for _ in 0..200 {
+        if state(&env)["status"] == "stopped" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(state(&env)["status"], "stopped");
+    assert!(env.runc(&["delete", &id]).status.success());
+    let gone = env.runc(&["state", &id]);
+    assert!(!gone.status.success() && stderr(&gone).contains("does not exist"));
+    assert!(
+        env.cgroup_dirs().is_empty(),
+        "cgroups left: {:?}",
+        env.cgroup_dirs()
+    );
+}
+
+#[test]
+fn capabilities_no_new_privs_and_readonly_root_apply() {
+    let mut env = Env::new();
+    env.set_config(|c| {
+        c["root"]["readonly"] = json!(true);
+        c["process"]["noNewPrivileges"] = json!(true);
+    });
+    let out = env.run("caps", &["sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; touch /x && echo wrote-root; cat /proc/kcore | head -c 1 | grep -c . ; true"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    // The default spec keeps CAP_AUDIT_WRITE (29), CAP_KILL (5), CAP_NET_BIND_SERVICE (10).
+    let mask = (1u64 << 29) | (1 << 5) | (1 << 10);
+    assert!(text.contains(&format!("CapEff:\t{mask:016x}")), "{text}");
+    assert!(text.contains(&format!("CapBnd:\t{mask:016x}")), "{text}");
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(
+        !text.contains("wrote-root"),
+        "read-only root was writable: {text}"
+    );
+    assert!(
+        text.trim_end().ends_with('0'),
+        "masked /proc/kcore was readable: {text}"
+    );
+}
+
+#[test]
+fn no_runtime_fd_leaks_into_the_container() {
+    let mut env = Env::new();
+    env.set_args(&["ls", "/proc/self/fd"]);
+    let id = env.id("fds");
+    let leaky = fs::File::open("/etc/hostname").unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&leaky);
+    let mut cmd = env.command(&["run", "--bundle", env.bundle().to_str().unwrap(), &id]);
+    // SAFETY: dup2 in the child before exec; fd 7 inherits without CLOEXEC on purpose.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = run_with_files(cmd, env.dir.path());
+    let fds: Vec<String> = stdout(&out)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // 0-2 and ls's own directory fd, nothing else.
+    assert!(!fds.contains(&"7".to_string()), "fd 7 leaked: {fds:?}");
+    assert!(fds.len() <= 4, "{fds:?}");
+}
+
+#[test]
+fn joins_an_existing_network_namespace_by_path() {
+    let mut env = Env::new();
+    let mut holder = Command::new("unshare")
+        .args(["--net", "sleep", "1000"])
+        .spawn()
+        .unwrap();
+    let host_ns = fs::read_link("/proc/self/ns/net").unwrap();
+    let path = format!("/proc/{}/ns/net", holder.id());
+    let mut holder_ns = fs::read_link(&path).unwrap();
+    for _ in 0..200 {
+        if holder_ns != host_ns {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        holder_ns = fs::read_link(&path).unwrap();
+    }
+    env.set_config(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        for n in ns.iter_mut() {
+            if n["type"] == "network" {
+                n["path"] = json!(path);
+            }
+        }
+    });
+    let out = env.run("join", &["readlink", "/proc/self/ns/net"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), holder_ns.to_string_lossy());
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_nothing() {
+    let mut env = Env::new();
+    let bundle = env.bundle().to_str().unwrap().to_string();
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|c| c["root"]["path"] = json!("missing-rootfs")),
+            "root.path",
+        ),
+        (
+            Box::new(|c| c["linux"]["namespaces"] = json!([{"type": "bogus"}])),
+            "bogus",
+        ),
+        (Box::new(|c| c["ociVersion"] = json!("2.0.0")), "ociVersion"),
+        (
+            Box::new(|c| c["process"]["cwd"] = json!("/does/not/exist")),
+            "process.cwd",
+        ),
+        (
+            Box::new(|c| c["process"]["args"] = json!(["/no/such/program"])),
+            "",
+        ),
+    ];
+    for (i, (edit, needle)) in cases.into_iter().enumerate() {
+        let saved = env.config();
+        env.set_config(|c| edit(c));
+        let id = env.id(&format!("bad{i}"));
+        let out = env.runc(&["create", "--bundle", &bundle, &id]);
+        env.set_config(|c| *c = saved);
+        if needle.is_empty() {
+            // A missing program fails at exec, after start: the container exits 127.
+            assert!(out.status.success(), "{}", stderr(&out));
+            let _ = env.runc(&["start", &id]);
+            let _ = env.runc(&["delete", "--force", &id]);
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(1), "case {needle}");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "case {needle}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "error is not one line: {err}"
+        );
+        assert!(
+            env.state_entries().is_empty(),
+            "case {needle}: state left {:?}",
+            env.state_entries()
+        );
+        assert!(
+            env.cgroup_dirs().is_empty(),
+            "case {needle}: cgroups left {:?}",
+            env.cgroup_dirs()
+        );
+    }
+    fs::write(env.bundle().join("config.json"), "{ not json").unwrap();
+    let out = env.runc(&["create", "--bundle", &bundle, "x"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("config.json"),
+        "{}",
+        stderr(&out)
+    );
+    for (args, needle) in [
+        (vec!["state", "nope"], "does not exist"),
+        (vec!["delete", "nope"], "does not exist"),
+        (vec!["state", "../etc"], "invalid container id"),
+        (vec!["kill", "nope", "SIGBOGUS"], ""),
+    ] {
+        let out = env.runc(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    let out = env.runc(&["--systemd-cgroup", "state", "x"]);
+    assert!(!out.status.success() && stderr(&out).contains("--systemd-cgroup"));
+    assert!(env.state_entries().is_empty());
+}
