@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::Signal;
 use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::container::{runc_state_json, CreateOptions, Runtime};
@@ -41,51 +41,42 @@ struct Cli {
     command: Command,
 }
 
+/// Flags shared by `create` and `run`.
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// Path to the bundle.
+    #[arg(long, short, default_value = ".")]
+    bundle: PathBuf,
+    /// Write the init's pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Unix socket to send the pty master to (terminal containers).
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Pass N extra fds (from 3) into the container.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+    /// Use MS_MOVE and chroot instead of pivot_root.
+    #[arg(long)]
+    no_pivot: bool,
+    /// Do not create a new session keyring (podlet never creates one).
+    #[arg(long)]
+    no_new_keyring: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a container from a bundle; it waits for `start`.
     Create {
-        /// Path to the bundle.
-        #[arg(long, short, default_value = ".")]
-        bundle: PathBuf,
-        /// Write the init's pid here.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Unix socket to send the pty master to (terminal containers).
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        /// Pass N extra fds (from 3) into the container.
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: i32,
-        /// Use MS_MOVE and chroot instead of pivot_root.
-        #[arg(long)]
-        no_pivot: bool,
-        /// Do not create a new session keyring.
-        #[arg(long)]
-        no_new_keyring: bool,
+        #[command(flatten)]
+        opts: CreateArgs,
         /// Container id.
         id: String,
     },
     /// Create and start a container, and wait for it unless --detach.
     Run {
-        /// Path to the bundle.
-        #[arg(long, short, default_value = ".")]
-        bundle: PathBuf,
-        /// Write the init's pid here.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Unix socket to send the pty master to (terminal containers).
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        /// Pass N extra fds (from 3) into the container.
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: i32,
-        /// Use MS_MOVE and chroot instead of pivot_root.
-        #[arg(long)]
-        no_pivot: bool,
-        /// Do not create a new session keyring.
-        #[arg(long)]
-        no_new_keyring: bool,
+        #[command(flatten)]
+        opts: CreateArgs,
         /// Return once started.
         #[arg(long, short)]
         detach: bool,
@@ -206,19 +197,14 @@ fn features() -> serde_json::Value {
     })
 }
 
-fn create_opts(
-    pid_file: &Option<PathBuf>,
-    console_socket: &Option<PathBuf>,
-    preserve_fds: i32,
-    no_pivot: bool,
-) -> Result<CreateOptions> {
-    if console_socket.is_some() {
+fn create_opts(a: &CreateArgs) -> Result<CreateOptions> {
+    if a.console_socket.is_some() {
         bail!("--console-socket: terminal containers are not supported yet by podlet-runc");
     }
     Ok(CreateOptions {
-        pid_file: pid_file.clone(),
-        no_pivot,
-        preserve_fds,
+        pid_file: a.pid_file.clone(),
+        no_pivot: a.no_pivot,
+        preserve_fds: a.preserve_fds,
     })
 }
 
@@ -247,37 +233,16 @@ fn execute(cli: &Cli) -> Result<ExitCode> {
     }
     let rt = runtime(cli)?;
     match &cli.command {
-        Command::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            preserve_fds,
-            no_pivot,
-            id,
-            ..
-        } => {
-            rt.create(
-                id,
-                bundle,
-                &create_opts(pid_file, console_socket, *preserve_fds, *no_pivot)?,
-            )?;
+        Command::Create { opts, id } => {
+            rt.create(id, &opts.bundle, &create_opts(opts)?)?;
         }
         Command::Run {
-            bundle,
-            pid_file,
-            console_socket,
-            preserve_fds,
-            no_pivot,
+            opts,
             detach,
             keep,
             id,
-            ..
         } => {
-            let st = rt.create(
-                id,
-                bundle,
-                &create_opts(pid_file, console_socket, *preserve_fds, *no_pivot)?,
-            )?;
+            let st = rt.create(id, &opts.bundle, &create_opts(opts)?)?;
             if let Err(e) = rt.start(id) {
                 let _ = rt.delete(id, true);
                 return Err(e.into());
@@ -336,14 +301,7 @@ fn execute(cli: &Cli) -> Result<ExitCode> {
             } else {
                 println!("{:<8} CMD", "PID");
                 for p in pids {
-                    let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
-                        .map(|c| {
-                            String::from_utf8_lossy(&c)
-                                .replace('\0', " ")
-                                .trim()
-                                .to_string()
-                        })
-                        .unwrap_or_default();
+                    let cmd = podlet_runtime::container::process_cmdline(p);
                     println!("{p:<8} {cmd}");
                 }
             }

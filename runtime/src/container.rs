@@ -116,6 +116,18 @@ fn now_rfc3339() -> String {
     )
 }
 
+/// A process's command line with NULs as spaces (empty if it is gone).
+pub fn process_cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// A process's start time in clock ticks since boot, or `None` if it does not exist.
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -125,14 +125,7 @@ impl Snapshot {
             let foreign_ns = (ns_inode(&pid, "pid").is_some()
                 && ns_inode(&pid, "pid") != init_pid_ns)
                 || (ns_inode(&pid, "mnt").is_some() && ns_inode(&pid, "mnt") != init_mnt_ns);
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .trim()
-                        .to_string()
-                })
-                .unwrap_or_default();
+            let cmdline = podlet_runtime::container::process_cmdline(n as i32);
             let Some(start_time) = start_time(&pid) else {
                 continue;
             };
