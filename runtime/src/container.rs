@@ -87,7 +87,7 @@ fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
         LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
         LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(0x80),
+        LinuxNamespaceType::Time => crate::kernel_check::CLONE_NEWTIME,
     }
 }
 
@@ -261,16 +261,13 @@ impl Runtime {
         let mut flags = CloneFlags::empty();
         let mut join = Vec::new();
         let mut user_ns = false;
-        let mut mount_ns = false;
         let mut uts_ns = false;
         let mut pid_ns_fd = None;
         let mut cgroup_ns = false;
         for ns in linux.namespaces().iter().flatten() {
             let flag = ns_flag(ns.typ());
-            match ns.typ() {
-                LinuxNamespaceType::Mount => mount_ns = true,
-                LinuxNamespaceType::Uts => uts_ns = true,
-                _ => {}
+            if ns.typ() == LinuxNamespaceType::Uts {
+                uts_ns = true;
             }
             match ns.path() {
                 Some(p) => {
@@ -317,7 +314,6 @@ impl Runtime {
             spec: b.spec.clone(),
             rootfs: b.rootfs.clone(),
             join,
-            mount_ns,
             user_ns,
             uts_ns,
             cgroup_ns,
@@ -489,28 +485,40 @@ impl Runtime {
 
     /// Freezes a running container.
     pub fn pause(&self, id: &str) -> Result<()> {
-        let st = self.state(id)?;
-        if st.status != Status::Running {
-            return Err(ContainerError::WrongStatus {
-                id: id.into(),
-                status: st.status,
-                what: "only a running container can be paused",
-            });
-        }
-        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).set_frozen(true)?)
+        self.set_frozen(
+            id,
+            Status::Running,
+            true,
+            "only a running container can be paused",
+        )
     }
 
     /// Thaws a paused container.
     pub fn resume(&self, id: &str) -> Result<()> {
+        self.set_frozen(
+            id,
+            Status::Paused,
+            false,
+            "only a paused container can be resumed",
+        )
+    }
+
+    fn set_frozen(
+        &self,
+        id: &str,
+        from: Status,
+        frozen: bool,
+        refusal: &'static str,
+    ) -> Result<()> {
         let st = self.state(id)?;
-        if st.status != Status::Paused {
+        if st.status != from {
             return Err(ContainerError::WrongStatus {
                 id: id.into(),
                 status: st.status,
-                what: "only a paused container can be resumed",
+                what: refusal,
             });
         }
-        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).set_frozen(false)?)
+        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).set_frozen(frozen)?)
     }
 
     /// Pids of every process in the container.

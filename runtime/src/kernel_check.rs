@@ -23,6 +23,9 @@ pub struct Check {
     pub detail: String,
 }
 
+/// `CLONE_NEWTIME` (Linux 5.6); nix has no constant for it (it overlaps CSIGNAL's range).
+pub const CLONE_NEWTIME: CloneFlags = CloneFlags::from_bits_retain(0x80);
+
 /// Every namespace type podlet uses, with its `unshare(2)` flag.
 pub const NAMESPACES: &[(&str, CloneFlags)] = &[
     ("mount", CloneFlags::CLONE_NEWNS),
@@ -32,8 +35,7 @@ pub const NAMESPACES: &[(&str, CloneFlags)] = &[
     ("net", CloneFlags::CLONE_NEWNET),
     ("user", CloneFlags::CLONE_NEWUSER),
     ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-    // CLONE_NEWTIME shares its value with CSIGNAL's range; nix has no constant for it.
-    ("time", CloneFlags::from_bits_retain(0x80)),
+    ("time", CLONE_NEWTIME),
 ];
 
 /// Tries `unshare(flags)` in a forked child; `Ok(())` if the kernel allowed it.

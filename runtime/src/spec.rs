@@ -192,6 +192,17 @@ pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
             ));
         }
     }
+    let new_mount_ns = spec
+        .linux()
+        .iter()
+        .flat_map(|l| l.namespaces().iter().flatten())
+        .any(|ns| ns.typ() == LinuxNamespaceType::Mount && ns.path().is_none());
+    if !new_mount_ns {
+        return Err(invalid(
+            "linux.namespaces",
+            "podlet needs a new mount namespace (a \"mount\" entry without a path) to build the rootfs without touching the host's mounts",
+        ));
+    }
     Ok(rootfs)
 }
 

@@ -435,10 +435,22 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
         let out = env.runc(&["create", "--bundle", &bundle, &id]);
         env.set_config(|c| *c = saved);
         if needle.is_empty() {
-            // A missing program fails at exec, after start: the container exits 127.
+            // A missing program fails at exec, after start: the container exits 127 and says why.
             assert!(out.status.success(), "{}", stderr(&out));
-            let _ = env.runc(&["start", &id]);
             let _ = env.runc(&["delete", "--force", &id]);
+            env.set_config(|c| c["process"]["args"] = json!(["/no/such/program"]));
+            let run = env.run(&format!("exec{i}"), &["/no/such/program"]);
+            assert_eq!(run.status.code(), Some(127), "{}", stderr(&run));
+            assert!(
+                stderr(&run).contains("/no/such/program"),
+                "{}",
+                stderr(&run)
+            );
+            assert!(
+                env.state_entries().is_empty(),
+                "state left {:?}",
+                env.state_entries()
+            );
             continue;
         }
         assert_eq!(out.status.code(), Some(1), "case {needle}");
@@ -471,7 +483,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
         (vec!["state", "nope"], "does not exist"),
         (vec!["delete", "nope"], "does not exist"),
         (vec!["state", "../etc"], "invalid container id"),
-        (vec!["kill", "nope", "SIGBOGUS"], ""),
+        (vec!["kill", "nope", "SIGBOGUS"], "unknown signal"),
     ] {
         let out = env.runc(&args);
         assert!(!out.status.success(), "{args:?}");

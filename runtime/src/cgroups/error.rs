@@ -49,6 +49,14 @@ pub enum CgroupError {
         /// The offending path.
         path: String,
     },
+    /// A resource limit was requested but no hierarchy below podlet's root offers its controller.
+    #[error("linux.resources: {setting} needs the {controller} controller, which is not available below podlet's cgroup root (neither in cgroup v2 nor in a v1 hierarchy)")]
+    ControllerUnavailable {
+        /// The cgroup file the limit maps to, e.g. `memory.max`.
+        setting: String,
+        /// The missing controller.
+        controller: &'static str,
+    },
     /// A filesystem operation on a cgroup directory failed.
     #[error("{op} {path}: {source}")]
     Io {

@@ -172,7 +172,10 @@ impl ContainerCgroups {
                     continue;
                 }
                 let Some(h) = root.v1_controller(ctrl) else {
-                    continue;
+                    return Err(CgroupError::ControllerUnavailable {
+                        setting: file.to_string(),
+                        controller: ctrl,
+                    });
                 };
                 let dir = h.container_dir(cgroups_path)?;
                 h.create_dir(&dir)?;

@@ -23,8 +23,6 @@ pub struct InitArgs {
     pub rootfs: PathBuf,
     /// Namespaces to join: flag and an open fd of the namespace file.
     pub join: Vec<(CloneFlags, OwnedFd)>,
-    /// Whether a new mount namespace was created.
-    pub mount_ns: bool,
     /// Whether a new user namespace was created (maps come from the parent).
     pub user_ns: bool,
     /// Whether a new uts namespace was created or joined.
@@ -124,18 +122,15 @@ fn setup(args: &InitArgs) -> Result<(), String> {
             std::fs::write("/proc/self/oom_score_adj", adj.to_string()),
         )?;
     }
-    if args.mount_ns {
-        let opts = RootfsOptions {
-            user_namespace: args.user_ns,
-            no_pivot: args.no_pivot,
-        };
-        step(
-            "rootfs",
-            rootfs::prepare(spec, &args.rootfs, opts, &LinuxSyscall),
-        )?;
-    } else {
-        return Err("linux.namespaces: podlet needs a mount namespace to set up the rootfs without touching the host's mounts".into());
-    }
+    // spec::validate guarantees a new mount namespace, so this never touches the host's mounts.
+    let opts = RootfsOptions {
+        user_namespace: args.user_ns,
+        no_pivot: args.no_pivot,
+    };
+    step(
+        "rootfs",
+        rootfs::prepare(spec, &args.rootfs, opts, &LinuxSyscall),
+    )?;
     if args.uts_ns {
         if let Some(h) = spec.hostname() {
             step("sethostname", nix::unistd::sethostname(h))?;
