@@ -128,15 +128,21 @@ pub fn process_cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-/// A process's start time in clock ticks since boot, or `None` if it does not exist.
-pub fn process_start_time(pid: i32) -> Option<u64> {
+/// A process's state letter (`R`, `S`, `Z`…) and start time in clock ticks since boot, from
+/// `/proc/<pid>/stat`; `None` if it does not exist.
+pub fn process_stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    // Fields are counted after the parenthesised command name, which may contain spaces.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
+}
+
+/// A live process's start time, or `None` if it does not exist or is a zombie.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    process_stat(pid)
+        .filter(|(state, _)| !matches!(state, 'Z' | 'X'))
+        .map(|(_, t)| t)
 }
 
 fn start_socket(state_dir: &Path) -> PathBuf {
@@ -322,10 +328,18 @@ impl Runtime {
             start_listener: Some(listener),
         });
         let mut child_chan = Some(child_chan);
-        if let Some(fd) = &pid_ns_fd {
-            nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)
-                .map_err(|e| ContainerError::Sys("join pid namespace", e.to_string()))?;
-        }
+        // Joining a pid namespace changes this process's pid_for_children; remember ours so a
+        // long-lived caller (the agent) gets it back once the init is cloned.
+        let own_pid_ns = match &pid_ns_fd {
+            Some(fd) => {
+                let own = std::fs::File::open("/proc/self/ns/pid_for_children")
+                    .map_err(|e| ContainerError::Sys("open own pid namespace", e.to_string()))?;
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| ContainerError::Sys("join pid namespace", e.to_string()))?;
+                Some(own)
+            }
+            None => None,
+        };
         let mut stack = vec![0u8; 1 << 20];
         let cb = Box::new(move || -> isize {
             let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
@@ -335,8 +349,12 @@ impl Runtime {
         });
         // SAFETY: the child runs on its own stack in a copy of this single-threaded process
         // and only returns an exit code (or execs); SIGCHLD lets us wait for it.
-        let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
-            .map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
+        let cloned = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) };
+        if let Some(own) = &own_pid_ns {
+            nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
+                .map_err(|e| ContainerError::Sys("return to own pid namespace", e.to_string()))?;
+        }
+        let pid = cloned.map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
         cleanup.pid = Some(pid.as_raw());
         if user_ns {
             write_id_maps(pid.as_raw(), &linux)?;

@@ -493,3 +493,46 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     assert!(!out.status.success() && stderr(&out).contains("--systemd-cgroup"));
     assert!(env.state_entries().is_empty());
 }
+
+#[test]
+fn joins_an_existing_pid_namespace_by_path() {
+    let mut env = Env::new();
+    // `unshare --pid --fork` keeps the new namespace's pid 1 (sleep) alive as its child.
+    let mut holder = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sleep", "1000"])
+        .spawn()
+        .unwrap();
+    let path = format!("/proc/{}/ns/pid_for_children", holder.id());
+    let host_ns = fs::read_link("/proc/self/ns/pid").unwrap();
+    let mut target = fs::read_link(&path).unwrap();
+    for _ in 0..200 {
+        if target != host_ns {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        target = fs::read_link(&path).unwrap();
+    }
+    env.set_config(|c| {
+        for n in c["linux"]["namespaces"].as_array_mut().unwrap().iter_mut() {
+            if n["type"] == "pid" {
+                n["path"] = json!(path);
+            }
+        }
+    });
+    let out = env.run(
+        "pidjoin",
+        &["sh", "-c", "readlink /proc/self/ns/pid; echo pid=$$"],
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.starts_with(&format!("{}\n", target.to_string_lossy())),
+        "{text}"
+    );
+    assert!(
+        !text.contains("pid=1\n"),
+        "joined namespace already has a pid 1: {text}"
+    );
+}

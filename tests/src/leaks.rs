@@ -78,13 +78,6 @@ fn walk_cgroups(dir: &Path, out: &mut BTreeSet<String>, depth: usize) {
     }
 }
 
-fn start_time(pid: &str) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, counted after the parenthesised command name (which may contain spaces).
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
 impl Snapshot {
     /// Takes a snapshot of the machine now. `token` marks this run's processes.
     pub fn take(token: &str) -> Self {
@@ -126,7 +119,7 @@ impl Snapshot {
                 && ns_inode(&pid, "pid") != init_pid_ns)
                 || (ns_inode(&pid, "mnt").is_some() && ns_inode(&pid, "mnt") != init_mnt_ns);
             let cmdline = podlet_runtime::container::process_cmdline(n as i32);
-            let Some(start_time) = start_time(&pid) else {
+            let Some((_, start_time)) = podlet_runtime::container::process_stat(n as i32) else {
                 continue;
             };
             snap.processes.insert(ProcessInfo {
