@@ -112,6 +112,20 @@ impl Env {
             .collect()
     }
 
+    /// Fails if a state dir or a cgroup of this environment remains.
+    fn assert_nothing_left(&self, context: &str) {
+        assert!(
+            self.state_entries().is_empty(),
+            "{context}: state left {:?}",
+            self.state_entries()
+        );
+        assert!(
+            self.cgroup_dirs().is_empty(),
+            "{context}: cgroups left {:?}",
+            self.cgroup_dirs()
+        );
+    }
+
     fn state_entries(&self) -> Vec<String> {
         fs::read_dir(self.root())
             .map(|rd| {
@@ -198,16 +212,7 @@ fn run_gives_an_isolated_container_and_cleans_up() {
         !text.contains("state\n") && text.contains("bin\n"),
         "root is not the bundle's rootfs: {text}"
     );
-    assert!(
-        env.state_entries().is_empty(),
-        "state left: {:?}",
-        env.state_entries()
-    );
-    assert!(
-        env.cgroup_dirs().is_empty(),
-        "cgroups left: {:?}",
-        env.cgroup_dirs()
-    );
+    env.assert_nothing_left("after run");
 }
 
 #[test]
@@ -461,16 +466,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
             1,
             "error is not one line: {err}"
         );
-        assert!(
-            env.state_entries().is_empty(),
-            "case {needle}: state left {:?}",
-            env.state_entries()
-        );
-        assert!(
-            env.cgroup_dirs().is_empty(),
-            "case {needle}: cgroups left {:?}",
-            env.cgroup_dirs()
-        );
+        env.assert_nothing_left(needle);
     }
     fs::write(env.bundle().join("config.json"), "{ not json").unwrap();
     let out = env.runc(&["create", "--bundle", &bundle, "x"]);
