@@ -18,6 +18,7 @@ PACKAGES=(
     util-linux        # nsenter, unshare
     busybox-static    # a static rootfs for containers, and ping for network tests
     user-mode-linux   # the cgroup v2 test tier
+    libseccomp-dev    # linux.seccomp is compiled with libseccomp
 )
 
 missing=()

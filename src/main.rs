@@ -9,6 +9,8 @@ use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::kernel_check;
 
 mod runc_cli;
+mod runc_events;
+mod runc_update;
 
 /// podlet: a Linux container runtime, node agent and small Kubernetes-compatible master.
 #[derive(Debug, Parser)]

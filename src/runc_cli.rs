@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::Signal;
 use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::container::{runc_state_json, CreateOptions, Runtime};
+use podlet_runtime::exec::ExecOptions;
+
+use crate::runc_update::UpdateArgs;
 use podlet_runtime::state::{StateRoot, DEFAULT_ROOT};
 
 /// A runc-compatible OCI runtime.
@@ -153,6 +156,72 @@ enum Command {
     },
     /// Print what this runtime supports, as JSON.
     Features,
+    /// Run a new process inside a created or running container.
+    Exec(ExecArgs),
+    /// Print resource usage and OOM events as JSON lines.
+    Events {
+        /// Print one stats event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// How often to print stats when streaming.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        /// Container id.
+        id: String,
+    },
+    /// Change a container's resource limits.
+    Update {
+        #[command(flatten)]
+        args: UpdateArgs,
+        /// Container id.
+        id: String,
+    },
+}
+
+/// `exec` flags (runc's).
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// A JSON file with the process (OCI `process`) to run instead of COMMAND.
+    #[arg(long, short)]
+    process: Option<PathBuf>,
+    /// Write the new process's pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Return once the process has started.
+    #[arg(long, short)]
+    detach: bool,
+    /// Allocate a pseudo-terminal (sent to --console-socket).
+    #[arg(long, short)]
+    tty: bool,
+    /// Unix socket to send the pty master to.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Set an environment variable (KEY=VALUE), repeatable.
+    #[arg(long, short)]
+    env: Vec<String>,
+    /// UID[:GID] to run as.
+    #[arg(long, short)]
+    user: Option<String>,
+    /// Additional group ids, repeatable.
+    #[arg(long = "additional-gids", short = 'g')]
+    additional_gids: Vec<u32>,
+    /// Add a capability (e.g. CAP_NET_ADMIN), repeatable.
+    #[arg(long, short)]
+    cap: Vec<String>,
+    /// Set no_new_privs for the process.
+    #[arg(long)]
+    no_new_privs: bool,
+    /// Pass N extra fds (from 3) into the process.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+    /// Container id.
+    id: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
 fn parse_signal(s: &str) -> Result<Signal> {
@@ -183,13 +252,20 @@ fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
-        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid", "sync", "unbindable"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
-            "seccomp": { "enabled": false },
+            "seccomp": {
+                "enabled": true,
+                "actions": podlet_runtime::seccomp::ACTIONS,
+                "operators": podlet_runtime::seccomp::OPERATORS,
+                "archs": podlet_runtime::seccomp::ARCHES,
+                "supportedFlags": podlet_runtime::seccomp::FLAGS,
+                "knownFlags": podlet_runtime::seccomp::FLAGS
+            },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false }
         },
@@ -198,14 +274,102 @@ fn features() -> serde_json::Value {
 }
 
 fn create_opts(a: &CreateArgs) -> Result<CreateOptions> {
-    if a.console_socket.is_some() {
-        bail!("--console-socket: terminal containers are not supported yet by podlet-runc");
-    }
     Ok(CreateOptions {
         pid_file: a.pid_file.clone(),
         no_pivot: a.no_pivot,
         preserve_fds: a.preserve_fds,
+        console_socket: a.console_socket.clone(),
     })
+}
+
+/// The process `exec` runs: `--process`, or the container's own process with COMMAND, then
+/// the individual flags on top.
+fn exec_process(rt: &Runtime, a: &ExecArgs) -> Result<oci_spec::runtime::Process> {
+    let mut p = match &a.process {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--process {}", path.display()))?;
+            serde_json::from_str::<oci_spec::runtime::Process>(&text)
+                .with_context(|| format!("--process {}: not a valid OCI process", path.display()))?
+        }
+        None => {
+            if a.command.is_empty() {
+                bail!("exec: give a COMMAND or --process");
+            }
+            let mut p = rt.base_process(&a.id)?;
+            p.set_args(Some(a.command.clone()));
+            p.set_terminal(Some(false));
+            p
+        }
+    };
+    let mut env = p.env().clone().unwrap_or_default();
+    for kv in &a.env {
+        let Some((k, _)) = kv.split_once('=') else {
+            bail!("--env {kv:?}: expected KEY=VALUE");
+        };
+        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
+        env.push(kv.clone());
+    }
+    p.set_env(Some(env));
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if a.tty {
+        p.set_terminal(Some(true));
+    }
+    if let Some(u) = &a.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (u.as_str(), None),
+        };
+        let mut user = p.user().clone();
+        user.set_uid(
+            uid.parse()
+                .with_context(|| format!("--user {u:?}: UID must be a number"))?,
+        );
+        if let Some(g) = gid {
+            user.set_gid(
+                g.parse()
+                    .with_context(|| format!("--user {u:?}: GID must be a number"))?,
+            );
+        }
+        p.set_user(user);
+    }
+    if !a.additional_gids.is_empty() {
+        let mut user = p.user().clone();
+        user.set_additional_gids(Some(a.additional_gids.clone()));
+        p.set_user(user);
+    }
+    if !a.cap.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        for name in &a.cap {
+            let c: oci_spec::runtime::Capability = name
+                .trim_start_matches("CAP_")
+                .parse()
+                .map_err(|_| anyhow!("--cap {name:?}: unknown capability"))?;
+            for set in [
+                caps.bounding().clone(),
+                caps.effective().clone(),
+                caps.permitted().clone(),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let mut s = set.1.clone().unwrap_or_default();
+                s.insert(c);
+                match set.0 {
+                    0 => caps.set_bounding(Some(s)),
+                    1 => caps.set_effective(Some(s)),
+                    _ => caps.set_permitted(Some(s)),
+                };
+            }
+        }
+        p.set_capabilities(Some(caps));
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    Ok(p)
 }
 
 fn execute(cli: &Cli) -> Result<ExitCode> {
@@ -306,6 +470,31 @@ fn execute(cli: &Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Exec(a) => {
+            let process = exec_process(&rt, a)?;
+            let opts = ExecOptions {
+                pid_file: a.pid_file.clone(),
+                console_socket: a.console_socket.clone(),
+                preserve_fds: a.preserve_fds,
+            };
+            let pid = rt.exec(&a.id, process, &opts)?;
+            if !a.detach {
+                let code = rt.wait_child(pid);
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+            }
+        }
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let every = crate::runc_events::parse_interval(interval)?;
+            crate::runc_events::run(&rt, id, *stats, every)?;
+        }
+        Command::Update { args, id } => {
+            let res = crate::runc_update::resources(args)?;
+            rt.update(id, &res)?;
+        }
         Command::Pause { id } => rt.pause(id)?,
         Command::Resume { id } => rt.resume(id)?,
         Command::Spec { .. } | Command::Features => unreachable!("handled above"),
@@ -344,8 +533,18 @@ fn init_logging(cli: &Cli) {
 
 /// Entry point when the binary runs as `podlet-runc`.
 pub fn main(args: Vec<std::ffi::OsString>) -> ExitCode {
-    let cli = Cli::parse_from(args);
+    let cli = Cli::parse_from(args.clone());
     init_logging(&cli);
+    // Commands that enter a container run from a sealed copy of the binary (CVE-2019-5736).
+    if matches!(
+        cli.command,
+        Command::Create { .. } | Command::Run { .. } | Command::Exec(_)
+    ) {
+        if let Err(e) = podlet_runtime::sealed_exe::reexec_sealed(&args) {
+            eprintln!("podlet-runc: {e}");
+            return ExitCode::from(1);
+        }
+    }
     match execute(&cli) {
         Ok(code) => code,
         Err(e) => {

@@ -67,6 +67,8 @@ pub struct CreateOptions {
     pub no_pivot: bool,
     /// `--preserve-fds`.
     pub preserve_fds: i32,
+    /// `--console-socket`: where the pty master goes when `process.terminal` is set.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The runtime context: where state lives and podlet's cgroup root.
@@ -167,7 +169,12 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
 
 /// Runs hooks with the container state on stdin, each within its timeout.
 pub fn run_hooks(hooks: Option<&Vec<Hook>>, state: &ContainerState) -> Result<()> {
-    let state_json = serde_json::to_vec(&runc_state_json(state)).unwrap_or_default();
+    run_hooks_with_state(hooks, &runc_state_json(state))
+}
+
+/// Runs hooks with `state` (the runtime spec's state document) on stdin.
+pub fn run_hooks_with_state(hooks: Option<&Vec<Hook>>, state: &serde_json::Value) -> Result<()> {
+    let state_json = serde_json::to_vec(state).unwrap_or_default();
     for hook in hooks.into_iter().flatten() {
         let mut cmd = std::process::Command::new(hook.path());
         if let Some(args) = hook.args() {
@@ -242,6 +249,18 @@ impl Runtime {
     pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<ContainerState> {
         crate::state::validate_id(id)?;
         let b = spec::load_bundle(bundle)?;
+        let terminal = b
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        if terminal && opts.console_socket.is_none() {
+            return Err(ContainerError::Init(
+                "process.terminal is true but no --console-socket was given to receive the pty"
+                    .into(),
+            ));
+        }
         let state_dir = self.state.claim(id)?;
         let mut cleanup = Cleanup {
             runtime: self,
@@ -360,18 +379,10 @@ impl Runtime {
             write_id_maps(pid.as_raw(), &linux)?;
         }
         cg.add_process(pid.as_raw())?;
-        parent_chan
-            .send(&Message::Continue)
-            .map_err(|e| ContainerError::Sys("sync with init", e.to_string()))?;
-        match parent_chan.recv() {
-            Ok(Some(Message::Ready)) => {}
-            Ok(Some(Message::Error(e))) => return Err(ContainerError::Init(e)),
-            Ok(_) | Err(_) => return Err(ContainerError::Init("init exited during setup".into())),
-        }
-        let st = ContainerState {
+        let mut st = ContainerState {
             oci_version: b.spec.version().clone(),
             id: id.to_string(),
-            status: Status::Created,
+            status: Status::Creating,
             pid: pid.as_raw(),
             pid_start_time: process_start_time(pid.as_raw()).unwrap_or(0),
             bundle: b.dir.clone(),
@@ -382,17 +393,55 @@ impl Runtime {
             cgroup_dirs: cg.dirs.iter().map(|(_, d)| d.clone()).collect(),
         };
         self.state.save(&st)?;
+        parent_chan
+            .send(&Message::Continue)
+            .map_err(|e| ContainerError::Sys("sync with init", e.to_string()))?;
         let hooks = b.spec.hooks().clone().unwrap_or_default();
-        #[allow(deprecated)]
-        run_hooks(hooks.prestart().as_ref(), &st)?;
-        run_hooks(hooks.create_runtime().as_ref(), &st)?;
+        let seccomp = linux.seccomp().clone();
+        loop {
+            let msg = parent_chan
+                .recv_with_fd()
+                .map_err(|e| ContainerError::Sys("sync with init", e.to_string()))?;
+            match msg {
+                Some((Message::HooksBeforePivot, _)) => {
+                    #[allow(deprecated)]
+                    let r = run_hooks(hooks.prestart().as_ref(), &st)
+                        .and_then(|_| run_hooks(hooks.create_runtime().as_ref(), &st));
+                    if let Err(e) = r {
+                        let _ = parent_chan.send(&Message::Error(e.to_string()));
+                        return Err(e);
+                    }
+                    let mut created = st.clone();
+                    created.status = Status::Created;
+                    let doc = runc_state_json(&created).to_string();
+                    parent_chan
+                        .send(&Message::HooksDone(doc))
+                        .map_err(|e| ContainerError::Sys("sync with init", e.to_string()))?;
+                }
+                Some((Message::Console, Some(master))) => {
+                    let path = opts.console_socket.as_ref().ok_or_else(|| {
+                        ContainerError::Init("process.terminal needs --console-socket".into())
+                    })?;
+                    send_console(path, &master)?;
+                }
+                Some((Message::SeccompFd, Some(fd))) => {
+                    let s = seccomp.as_ref().ok_or_else(|| {
+                        ContainerError::Init("seccomp fd without linux.seccomp".into())
+                    })?;
+                    send_seccomp_fd(s, &st, &fd)?;
+                }
+                Some((Message::Ready, _)) => break,
+                Some((Message::Error(e), _)) => return Err(ContainerError::Init(e)),
+                Some((m, _)) => {
+                    return Err(ContainerError::Init(format!("unexpected message {m:?}")))
+                }
+                None => return Err(ContainerError::Init("init exited during setup".into())),
+            }
+        }
+        st.status = Status::Created;
+        self.state.save(&st)?;
         if let Some(pf) = &opts.pid_file {
-            let tmp = pf.with_extension("tmp");
-            std::fs::write(&tmp, pid.as_raw().to_string())
-                .and_then(|_| std::fs::rename(&tmp, pf))
-                .map_err(|e| {
-                    ContainerError::Sys("write pid file", format!("{}: {e}", pf.display()))
-                })?;
+            write_pid_file(pf, pid.as_raw())?;
         }
         Ok(st)
     }
@@ -436,9 +485,13 @@ impl Runtime {
         use std::io::Write;
         conn.write_all(b"s")
             .map_err(|e| ContainerError::Sys("signal start", e.to_string()))?;
-        // EOF means init reached exec (the socket is close-on-exec).
-        let mut buf = [0u8; 1];
-        let _ = conn.read(&mut buf);
+        // EOF means init reached exec (the socket is close-on-exec); anything written first is
+        // why it could not.
+        let mut why = String::new();
+        let _ = conn.read_to_string(&mut why);
+        if !why.is_empty() {
+            return Err(ContainerError::Init(why));
+        }
         let st = self.state(id)?;
         let spec = spec::load_bundle(&st.bundle).map(|b| b.spec).ok();
         if let Some(hooks) = spec.as_ref().and_then(|s| s.hooks().clone()) {
@@ -539,6 +592,57 @@ impl Runtime {
         Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).set_frozen(frozen)?)
     }
 
+    /// Applies new resource limits to a created, running or paused container (`update`).
+    pub fn update(&self, id: &str, res: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let mut st = self.state(id)?;
+        if st.status == Status::Stopped {
+            return Err(ContainerError::WrongStatus {
+                id: id.into(),
+                status: st.status,
+                what: "cannot update a stopped container",
+            });
+        }
+        let cgroups_path = spec::load_bundle(&st.bundle)
+            .ok()
+            .and_then(|b| b.spec.linux().clone())
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| id.to_string());
+        let mut cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
+        let result = cg.update(&self.cgroups, &cgroups_path, res);
+        // Save any cgroup made on the way, even on failure, so delete removes it.
+        let mut saved = self.state.load(id)?;
+        saved.cgroup_dirs = cg.dirs.iter().map(|(_, d)| d.clone()).collect();
+        self.state.save(&saved)?;
+        st.cgroup_dirs = saved.cgroup_dirs;
+        Ok(result?)
+    }
+
+    /// Resource usage in `runc events --stats` shape (the `data` of a stats event).
+    pub fn stats(&self, id: &str) -> Result<serde_json::Value> {
+        let st = self.state(id)?;
+        if st.status == Status::Stopped {
+            return Err(ContainerError::WrongStatus {
+                id: id.into(),
+                status: st.status,
+                what: "no stats for a stopped container",
+            });
+        }
+        Ok(crate::cgroups::stats(&ContainerCgroups::from_dirs(
+            &self.cgroups,
+            &st.cgroup_dirs,
+        )))
+    }
+
+    /// OOM kills so far in the container's cgroup.
+    pub fn oom_kills(&self, id: &str) -> Result<u64> {
+        let st = self.state(id)?;
+        Ok(crate::cgroups::oom_kills(&ContainerCgroups::from_dirs(
+            &self.cgroups,
+            &st.cgroup_dirs,
+        )))
+    }
+
     /// Pids of every process in the container.
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         let st = self.state(id)?;
@@ -584,6 +688,52 @@ fn kill_and_wait(st: &ContainerState, cg: &ContainerCgroups) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Writes `pid` to `path` atomically (runc's `--pid-file`).
+pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, pid.to_string())
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| ContainerError::Sys("write pid file", format!("{}: {e}", path.display())))
+}
+
+/// Hands the pty master to the `--console-socket` listener (runc's protocol: one message,
+/// the fd attached).
+pub(crate) fn send_console(path: &Path, master: &OwnedFd) -> Result<()> {
+    let sock = UnixStream::connect(path).map_err(|e| {
+        ContainerError::Sys("connect console socket", format!("{}: {e}", path.display()))
+    })?;
+    crate::process::fdpass::send_with_fds(&sock, b"/dev/ptmx", &[master.as_raw_fd()])
+        .map_err(|e| ContainerError::Sys("send console", e.to_string()))
+}
+
+/// Hands the seccomp notify fd to `listenerPath` with the spec's container-process state.
+pub(crate) fn send_seccomp_fd(
+    seccomp: &oci_spec::runtime::LinuxSeccomp,
+    st: &ContainerState,
+    fd: &OwnedFd,
+) -> Result<()> {
+    let Some(path) = seccomp.listener_path() else {
+        return Err(ContainerError::Init(
+            "seccomp notify without listenerPath".into(),
+        ));
+    };
+    let doc = serde_json::json!({
+        "ociVersion": st.oci_version,
+        "fds": ["seccompFd"],
+        "pid": st.pid,
+        "metadata": seccomp.listener_metadata().clone().unwrap_or_default(),
+        "state": runc_state_json(st),
+    });
+    let sock = UnixStream::connect(path).map_err(|e| {
+        ContainerError::Sys(
+            "connect seccomp listener",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    crate::process::fdpass::send_with_fds(&sock, doc.to_string().as_bytes(), &[fd.as_raw_fd()])
+        .map_err(|e| ContainerError::Sys("send seccomp fd", e.to_string()))
 }
 
 fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<()> {

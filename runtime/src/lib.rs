@@ -6,10 +6,13 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod exec;
 pub mod kernel_check;
 pub mod mount_options;
 pub mod process;
 pub mod rootfs;
+pub mod sealed_exe;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod syscall;

@@ -123,8 +123,21 @@ pub struct RootfsOptions {
     pub no_pivot: bool,
 }
 
-/// Sets up the rootfs at `rootfs` per `spec` and makes it the process's root.
+/// Sets up the rootfs at `rootfs` per `spec` and makes it the process's root: [`mount_all`]
+/// then [`enter`].
 pub fn prepare(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: RootfsOptions,
+    sys: &dyn Syscall,
+) -> Result<(), RootfsError> {
+    mount_all(spec, rootfs, opts, sys)?;
+    enter(spec, rootfs, opts, sys)
+}
+
+/// First stage: propagation, the rootfs bind, the spec's mounts, devices and sysctls, all
+/// below `rootfs` (the host root is still `/`, where createContainer hooks resolve).
+pub fn mount_all(
     spec: &Spec,
     rootfs: &Path,
     opts: RootfsOptions,
@@ -232,7 +245,18 @@ pub fn prepare(
             fs::write(&path, value).map_err(|e| RootfsError::Sysctl(key.clone(), e))?;
         }
     }
+    Ok(())
+}
 
+/// Second stage: pivot_root (or move + chroot), then read-only and masked paths and the
+/// read-only root.
+pub fn enter(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: RootfsOptions,
+    sys: &dyn Syscall,
+) -> Result<(), RootfsError> {
+    let linux = spec.linux().as_ref();
     if opts.no_pivot {
         sys.chdir(rootfs)
             .map_err(|e| RootfsError::PivotRoot(rootfs.to_path_buf(), e))?;
@@ -329,7 +353,7 @@ pub fn prepare(
     Ok(())
 }
 
-fn create_target(dest: &Path, dir: bool) -> Result<(), RootfsError> {
+pub(crate) fn create_target(dest: &Path, dir: bool) -> Result<(), RootfsError> {
     let r = if dir {
         fs::create_dir_all(dest)
     } else {

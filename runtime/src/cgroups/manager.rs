@@ -83,6 +83,33 @@ pub fn v2_settings(res: &LinuxResources) -> Vec<(String, String)> {
             out.push(("cpuset.mems".to_string(), mems.clone()));
         }
     }
+    if let Some(io) = res.block_io() {
+        if let Some(w) = io.weight() {
+            // blkio.weight [10, 1000] → io.weight [1, 10000], as runc converts.
+            let w = 1 + (u64::from(w.clamp(10, 1000)) - 10) * 9999 / 990;
+            out.push(("io.weight".to_string(), format!("default {w}")));
+        }
+        let throttles = [
+            (io.throttle_read_bps_device(), "rbps"),
+            (io.throttle_write_bps_device(), "wbps"),
+            (io.throttle_read_iops_device(), "riops"),
+            (io.throttle_write_iops_device(), "wiops"),
+        ];
+        for (devs, key) in throttles {
+            for d in devs.iter().flatten() {
+                out.push((
+                    "io.max".to_string(),
+                    format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()),
+                ));
+            }
+        }
+    }
+    for h in res.hugepage_limits().iter().flatten() {
+        out.push((
+            format!("hugetlb.{}.max", h.page_size()),
+            h.limit().to_string(),
+        ));
+    }
     for (k, v) in res.unified().iter().flatten() {
         if !k.contains('/') && !k.starts_with('.') {
             out.push((k.clone(), v.clone()));
@@ -143,6 +170,8 @@ impl ContainerCgroups {
                     } else if file.starts_with("memory.low")
                         || file.starts_with("memory.swap")
                         || file.starts_with("cpu")
+                        || file.starts_with("io.")
+                        || file.starts_with("hugetlb.")
                     {
                         tracing::warn!(file, "cgroup v2 controller unavailable; setting skipped");
                     } else {
@@ -195,6 +224,69 @@ impl ContainerCgroups {
             return Err(e);
         }
         Ok(made)
+    }
+
+    /// Applies new resource limits to a live container (`update`). Limits that cgroup v2 cannot
+    /// take here go to the v1 memory/pids hierarchies, creating the container's cgroup there and
+    /// moving its processes in when it had none.
+    pub fn update(
+        &mut self,
+        root: &CgroupRoot,
+        cgroups_path: &str,
+        res: &LinuxResources,
+    ) -> Result<(), CgroupError> {
+        let settings = v2_settings(res);
+        let v2_dir = self.unified_dir().map(Path::to_path_buf);
+        let pids = self.pids();
+        for (file, value) in &settings {
+            if let Some(d) = v2_dir.as_ref().filter(|d| d.join(file).exists()) {
+                write(d, file, value)?;
+                continue;
+            }
+            let v1 = match file.as_str() {
+                "memory.max" => Some(("memory", "memory.limit_in_bytes")),
+                "pids.max" => Some(("pids", "pids.max")),
+                _ => None,
+            };
+            let Some((ctrl, v1file)) = v1 else {
+                tracing::warn!(file, "cgroup controller unavailable; setting skipped");
+                continue;
+            };
+            let h = root
+                .v1_controller(ctrl)
+                .ok_or_else(|| CgroupError::ControllerUnavailable {
+                    setting: file.clone(),
+                    controller: ctrl,
+                })?
+                .clone();
+            let dir = match self.dirs.iter().find(|(hh, _)| hh.root_dir == h.root_dir) {
+                Some((_, d)) => d.clone(),
+                None => {
+                    let d = h.container_dir(cgroups_path)?;
+                    h.create_dir(&d)?;
+                    self.dirs.push((h.clone(), d.clone()));
+                    for pid in &pids {
+                        write(&d, "cgroup.procs", &pid.to_string())?;
+                    }
+                    d
+                }
+            };
+            let v = if value == "max" && ctrl == "memory" {
+                "-1".to_string()
+            } else {
+                value.clone()
+            };
+            write(&dir, v1file, &v)?;
+        }
+        Ok(())
+    }
+
+    /// The directory of the container in the hierarchy that has `controller` (v2 first).
+    pub fn dir_with(&self, file: &str) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .map(|(_, d)| d.as_path())
+            .find(|d| d.join(file).exists())
     }
 
     /// Moves `pid` into every cgroup of the container.

@@ -9,9 +9,11 @@ mod manager;
 mod membership;
 mod mountinfo;
 mod root;
+mod stats;
 
 pub use error::CgroupError;
 pub use manager::{v2_settings, ContainerCgroups};
 pub use membership::{parse_proc_cgroup, CgroupMembership};
 pub use mountinfo::{parse_cgroup_mounts, CgroupMount};
 pub use root::{CgroupRoot, CgroupVersion, HierarchyRoot, DEFAULT_CGROUP_ROOT};
+pub use stats::{oom_kills, stats};

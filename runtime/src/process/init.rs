@@ -3,15 +3,17 @@
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxCapabilities, Spec};
+use oci_spec::runtime::{Hook, LinuxCapabilities, LinuxSeccomp, Process, Spec};
 
 use super::channel::{Channel, Message};
+use super::console;
 use crate::rootfs::{self, RootfsOptions};
+use crate::seccomp;
 use crate::syscall::LinuxSyscall;
 
 /// Everything init needs, prepared by the parent before clone.
@@ -44,46 +46,62 @@ pub fn run(mut args: InitArgs, mut chan: Channel) -> isize {
         _ => return 1,
     }
     let listener = args.start_listener.take();
-    let result = setup(&args);
-    match result {
-        Ok(()) => {
-            let _ = chan.send(&Message::Ready);
-        }
+    let hook_state = match setup(&args, &mut chan) {
+        Ok(state) => state,
         Err(e) => {
             let _ = chan.send(&Message::Error(e));
             return 1;
         }
+    };
+    if chan.send(&Message::Ready).is_err() {
+        return 1;
     }
     drop(chan);
+    let mut conn = None;
     if let Some(listener) = listener {
         // Wait for `start`: one connection, one byte.
         match listener.accept() {
-            Ok((mut conn, _)) => {
+            Ok((mut c, _)) => {
                 let mut b = [0u8; 1];
-                let _ = conn.read(&mut b);
+                let _ = c.read(&mut b);
                 // The connection closes on exec (CLOEXEC); `start` reads that as "started".
-                std::mem::forget(conn);
+                conn = Some(c);
             }
             Err(_) => return 1,
         }
         drop(listener);
     }
-    let err = exec_process(&args.spec);
+    let hooks = args.spec.hooks().clone().unwrap_or_default();
+    if let Err(e) = run_hooks_here(hooks.start_container().as_ref(), &hook_state) {
+        if let Some(c) = conn.as_mut() {
+            use std::io::Write;
+            let _ = c.write_all(format!("startContainer hook: {e}").as_bytes());
+        }
+        return 1;
+    }
+    let err = exec_process(args.spec.process().as_ref());
+    if let Some(c) = conn.as_mut() {
+        use std::io::Write;
+        let _ = c.write_all(err.as_bytes());
+    }
     eprintln!("podlet: exec failed: {err}");
     127
+}
+
+/// Runs container-namespace hooks from init with the state document on stdin.
+fn run_hooks_here(hooks: Option<&Vec<Hook>>, state_json: &str) -> Result<(), String> {
+    let Some(hooks) = hooks else { return Ok(()) };
+    let state: serde_json::Value = serde_json::from_str(state_json).map_err(|e| e.to_string())?;
+    crate::container::run_hooks_with_state(Some(hooks), &state).map_err(|e| e.to_string())
 }
 
 fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-fn setup(args: &InitArgs) -> Result<(), String> {
-    // Other processes in the container must not reach this process's memory or
-    // /proc/<pid>/exe (the runtime binary) before it execs: CVE-2019-5736 class.
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    // Join the user namespace first, so the others are joined with its privileges.
-    let mut join: Vec<&(CloneFlags, OwnedFd)> = args.join.iter().collect();
+/// Joins `join` (the user namespace first, so the others are joined with its privileges).
+pub fn join_namespaces(join: &[(CloneFlags, OwnedFd)]) -> Result<(), String> {
+    let mut join: Vec<&(CloneFlags, OwnedFd)> = join.iter().collect();
     join.sort_by_key(|(f, _)| {
         if *f == CloneFlags::CLONE_NEWUSER {
             0
@@ -97,6 +115,16 @@ fn setup(args: &InitArgs) -> Result<(), String> {
             nix::sched::setns(fd, *flag),
         )?;
     }
+    Ok(())
+}
+
+/// Builds the container; returns the state document for startContainer hooks.
+fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
+    // Other processes in the container must not reach this process's memory or
+    // /proc/<pid>/exe (the runtime binary) before it execs: CVE-2019-5736 class.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    join_namespaces(&args.join)?;
     if args.user_ns {
         step(
             "setresuid(0)",
@@ -129,7 +157,46 @@ fn setup(args: &InitArgs) -> Result<(), String> {
     };
     step(
         "rootfs",
-        rootfs::prepare(spec, &args.rootfs, opts, &LinuxSyscall),
+        rootfs::mount_all(spec, &args.rootfs, opts, &LinuxSyscall),
+    )?;
+    if process.terminal().unwrap_or(false) {
+        let (master, slave) = step(
+            "allocate terminal",
+            console::open_pty(&console::ptmx_in(&args.rootfs.join(""))),
+        )?;
+        let console_path = args.rootfs.join("dev/console");
+        step("dev/console", rootfs::create_target(&console_path, false))?;
+        let slave_path = PathBuf::from(format!("/proc/self/fd/{}", slave.as_raw_fd()));
+        step(
+            "bind terminal on /dev/console",
+            nix::mount::mount(
+                Some(&slave_path),
+                &console_path,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        )?;
+        step("terminal", console::become_terminal(&slave))?;
+        step(
+            "send terminal",
+            chan.send_with_fd(&Message::Console, Some(&master)),
+        )?;
+    }
+    // prestart/createRuntime run in the runtime's namespaces now; createContainer here, in the
+    // container's mount namespace but before pivot_root, so their paths resolve on the host.
+    step("sync hooks", chan.send(&Message::HooksBeforePivot))?;
+    let state = match chan.recv() {
+        Ok(Some(Message::HooksDone(state))) => state,
+        Ok(Some(Message::Error(e))) => return Err(e),
+        _ => return Err("runtime went away during hooks".into()),
+    };
+    let hooks = spec.hooks().clone().unwrap_or_default();
+    run_hooks_here(hooks.create_container().as_ref(), &state)
+        .map_err(|e| format!("createContainer hook: {e}"))?;
+    step(
+        "rootfs",
+        rootfs::enter(spec, &args.rootfs, opts, &LinuxSyscall),
     )?;
     if args.uts_ns {
         if let Some(h) = spec.hostname() {
@@ -146,6 +213,21 @@ fn setup(args: &InitArgs) -> Result<(), String> {
             }
         }
     }
+    // Like runc, a program that cannot be found fails `create`, not `start`.
+    check_program(process)?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    finalize_process(process, seccomp, args.preserve_fds, chan)?;
+    Ok(state)
+}
+
+/// The process half shared by init and `exec`: rlimits, seccomp, user, capabilities, umask,
+/// no_new_privs, a cwd that must lie inside the root, and no fd leaks.
+pub fn finalize_process(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    preserve_fds: i32,
+    chan: &mut Channel,
+) -> Result<(), String> {
     for rl in process.rlimits().iter().flatten() {
         let name = serde_json::to_value(rl.typ())
             .ok()
@@ -165,7 +247,21 @@ fn setup(args: &InitArgs) -> Result<(), String> {
             ));
         }
     }
-    // User and capabilities.
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    let filter = match seccomp {
+        Some(s) => Some((
+            step("linux.seccomp", seccomp::compile(s))?,
+            seccomp::uses_notify(s),
+        )),
+        None => None,
+    };
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we still
+    // have it (as runc does). With no_new_privs, load it as late as possible.
+    if !nnp {
+        if let Some((f, notify)) = &filter {
+            load_filter(f, *notify, chan)?;
+        }
+    }
     let user = process.user();
     let caps = process.capabilities().clone().unwrap_or_default();
     step("capability bounding set", drop_bounding(&caps))?;
@@ -192,7 +288,7 @@ fn setup(args: &InitArgs) -> Result<(), String> {
     if let Some(umask) = user.umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     }
-    if process.no_new_privileges().unwrap_or(false) {
+    if nnp {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
@@ -211,8 +307,13 @@ fn setup(args: &InitArgs) -> Result<(), String> {
             process.cwd().display()
         ));
     }
+    if nnp {
+        if let Some((f, notify)) = &filter {
+            load_filter(f, *notify, chan)?;
+        }
+    }
     // No runtime fd may reach the user process: everything above 2 + preserved closes on exec.
-    let first = 3 + args.preserve_fds.max(0) as u32;
+    let first = 3 + preserve_fds.max(0) as u32;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
     unsafe {
         libc::syscall(
@@ -222,6 +323,20 @@ fn setup(args: &InitArgs) -> Result<(), String> {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
+    Ok(())
+}
+
+fn load_filter(
+    filter: &libseccomp::ScmpFilterContext,
+    notify: bool,
+    chan: &mut Channel,
+) -> Result<(), String> {
+    if let Some(fd) = step("seccomp", seccomp::load(filter, notify))? {
+        step(
+            "send seccomp notify fd",
+            chan.send_with_fd(&Message::SeccompFd, Some(&fd)),
+        )?;
+    }
     Ok(())
 }
 
@@ -301,8 +416,22 @@ pub fn resolve_program(program: &str, env: &[String]) -> PathBuf {
     PathBuf::from(program)
 }
 
-fn exec_process(spec: &Spec) -> String {
-    let Some(process) = spec.process() else {
+/// Fails unless `process.args[0]` resolves to an executable file in the current root.
+pub fn check_program(process: &Process) -> Result<(), String> {
+    let args = process.args().clone().unwrap_or_default();
+    let first = args.first().ok_or("process.args is empty")?;
+    let env = process.env().clone().unwrap_or_default();
+    let program = resolve_program(first, &env);
+    match std::fs::metadata(&program) {
+        Ok(md) if md.is_file() => Ok(()),
+        Ok(_) => Err(format!("process.args[0] {first:?}: not a regular file")),
+        Err(e) => Err(format!("process.args[0] {first:?}: {e}")),
+    }
+}
+
+/// Execs the process; returns why it could not.
+pub fn exec_process(process: Option<&Process>) -> String {
+    let Some(process) = process else {
         return "process missing".into();
     };
     let args = process.args().clone().unwrap_or_default();

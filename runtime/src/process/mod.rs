@@ -5,4 +5,7 @@
 //! then waits on its start socket until `start` connects, when it execs the user process.
 
 pub mod channel;
+pub mod console;
+pub mod exec;
+pub mod fdpass;
 pub mod init;

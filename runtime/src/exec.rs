@@ -1,0 +1,177 @@
+//! `exec`: a new process inside a created or running container.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Process};
+
+use crate::cgroups::ContainerCgroups;
+use crate::container::{send_console, send_seccomp_fd, ContainerError, Runtime};
+use crate::process::channel::{Channel, Message};
+use crate::process::exec::{self, ExecArgs};
+use crate::spec;
+use crate::state::Status;
+
+/// Options for [`Runtime::exec`].
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// `--console-socket`.
+    pub console_socket: Option<PathBuf>,
+    /// `--preserve-fds`.
+    pub preserve_fds: i32,
+}
+
+/// The `/proc/<pid>/ns` entry name and clone flag of a namespace type.
+fn ns_entry(t: LinuxNamespaceType) -> (&'static str, CloneFlags) {
+    match t {
+        LinuxNamespaceType::Mount => ("mnt", CloneFlags::CLONE_NEWNS),
+        LinuxNamespaceType::Cgroup => ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        LinuxNamespaceType::Uts => ("uts", CloneFlags::CLONE_NEWUTS),
+        LinuxNamespaceType::Ipc => ("ipc", CloneFlags::CLONE_NEWIPC),
+        LinuxNamespaceType::User => ("user", CloneFlags::CLONE_NEWUSER),
+        LinuxNamespaceType::Pid => ("pid", CloneFlags::CLONE_NEWPID),
+        LinuxNamespaceType::Network => ("net", CloneFlags::CLONE_NEWNET),
+        LinuxNamespaceType::Time => ("time", crate::kernel_check::CLONE_NEWTIME),
+    }
+}
+
+fn sys(what: &'static str) -> impl Fn(std::io::Error) -> ContainerError {
+    move |e| ContainerError::Sys(what, e.to_string())
+}
+
+impl Runtime {
+    /// The container's configured process, to base an `exec` on (runc's behaviour).
+    pub fn base_process(&self, id: &str) -> Result<Process, ContainerError> {
+        let st = self.state.load(id)?;
+        let b = spec::load_bundle(&st.bundle)?;
+        Ok(b.spec.process().clone().unwrap_or_default())
+    }
+
+    /// Starts `process` in container `id`; returns its pid once it has exec'd.
+    pub fn exec(
+        &self,
+        id: &str,
+        process: Process,
+        opts: &ExecOptions,
+    ) -> Result<i32, ContainerError> {
+        let st = self.state(id)?;
+        if !matches!(st.status, Status::Created | Status::Running) {
+            return Err(ContainerError::WrongStatus {
+                id: id.into(),
+                status: st.status,
+                what: "exec needs a created or running container",
+            });
+        }
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(ContainerError::Init("exec: no command given".into()));
+        }
+        if process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+            return Err(ContainerError::Init(
+                "exec with a terminal needs --console-socket to receive the pty".into(),
+            ));
+        }
+        let b = spec::load_bundle(&st.bundle)?;
+        let linux = b.spec.linux().clone().unwrap_or_default();
+        let mut join = Vec::new();
+        let mut pid_ns = None;
+        for ns in linux.namespaces().iter().flatten() {
+            let (entry, flag) = ns_entry(ns.typ());
+            let path = format!("/proc/{}/ns/{entry}", st.pid);
+            let fd: OwnedFd = std::fs::File::open(&path)
+                .map_err(|e| ContainerError::Sys("open namespace", format!("{path}: {e}")))?
+                .into();
+            if ns.typ() == LinuxNamespaceType::Pid {
+                pid_ns = Some(fd);
+            } else {
+                join.push((flag, fd));
+            }
+        }
+        let cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
+        let (mut parent_chan, child_chan) = Channel::pair().map_err(sys("socketpair"))?;
+        let mut args = Some(ExecArgs {
+            process,
+            seccomp: linux.seccomp().clone(),
+            join,
+            preserve_fds: opts.preserve_fds,
+        });
+        let mut child_chan = Some(child_chan);
+        let own_pid_ns = match &pid_ns {
+            Some(fd) => {
+                let own = std::fs::File::open("/proc/self/ns/pid_for_children")
+                    .map_err(sys("open own pid namespace"))?;
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| ContainerError::Sys("join pid namespace", e.to_string()))?;
+                Some(own)
+            }
+            None => None,
+        };
+        let mut stack = vec![0u8; 1 << 20];
+        let cb = Box::new(move || -> isize {
+            let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
+                return 1;
+            };
+            exec::run(a, c)
+        });
+        // SAFETY: the child runs on its own stack in a copy of this single-threaded process
+        // and only returns an exit code (or execs); SIGCHLD lets us wait for it.
+        let cloned =
+            unsafe { nix::sched::clone(cb, &mut stack, CloneFlags::empty(), Some(libc::SIGCHLD)) };
+        if let Some(own) = &own_pid_ns {
+            nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
+                .map_err(|e| ContainerError::Sys("return to own pid namespace", e.to_string()))?;
+        }
+        let pid = cloned.map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
+        let kill_child = || {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        };
+        let result = (|| {
+            cg.add_process(pid.as_raw())?;
+            parent_chan
+                .send(&Message::Continue)
+                .map_err(sys("sync with exec child"))?;
+            loop {
+                match parent_chan
+                    .recv_with_fd()
+                    .map_err(sys("sync with exec child"))?
+                {
+                    Some((Message::Console, Some(master))) => {
+                        if let Some(path) = &opts.console_socket {
+                            send_console(path, &master)?;
+                        }
+                    }
+                    Some((Message::SeccompFd, Some(fd))) => {
+                        if let Some(s) = linux.seccomp() {
+                            let mut me = st.clone();
+                            me.pid = pid.as_raw();
+                            send_seccomp_fd(s, &me, &fd)?;
+                        }
+                    }
+                    Some((Message::Ready, _)) => break,
+                    Some((Message::Error(e), _)) => return Err(ContainerError::Init(e)),
+                    Some((m, _)) => {
+                        return Err(ContainerError::Init(format!("unexpected message {m:?}")))
+                    }
+                    None => return Err(ContainerError::Init("exec child exited".into())),
+                }
+            }
+            // EOF: the channel closed on a successful exec; a message means execve failed.
+            match parent_chan.recv().map_err(sys("sync with exec child"))? {
+                None => Ok(()),
+                Some(Message::Error(e)) => Err(ContainerError::Init(e)),
+                Some(m) => Err(ContainerError::Init(format!("unexpected message {m:?}"))),
+            }
+        })();
+        if let Err(e) = result {
+            kill_child();
+            return Err(e);
+        }
+        if let Some(pf) = &opts.pid_file {
+            crate::container::write_pid_file(pf, pid.as_raw())?;
+        }
+        Ok(pid.as_raw())
+    }
+}

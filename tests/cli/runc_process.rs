@@ -1,0 +1,458 @@
+//! Host tier: the process side of `podlet-runc` — seccomp (incl. SCMP_ACT_NOTIFY), hooks at
+//! their lifecycle points, `exec`, terminals through `--console-socket`, `events`, `update`,
+//! and the sealed runtime copy.
+
+#[path = "runc_env.rs"]
+mod runc_env;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use podlet_runtime::process::fdpass::recv_with_fd;
+use runc_env::{run_with_files, stderr, stdout, Env};
+use serde_json::{json, Value};
+
+fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn state(env: &Env, id: &str) -> Value {
+    serde_json::from_slice(&env.runc(&["state", id]).stdout).unwrap_or(Value::Null)
+}
+
+/// Creates and starts `args` as a long-running container; returns its id and pid.
+fn started(env: &mut Env, name: &str, args: &[&str]) -> (String, i64) {
+    env.set_args(args);
+    let id = env.id(name);
+    let b = env.bundle().to_str().unwrap().to_string();
+    let out = env.runc(&["create", "--bundle", &b, &id]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let out = env.runc(&["start", &id]);
+    assert!(out.status.success(), "start: {}", stderr(&out));
+    let pid = state(env, &id)["pid"].as_i64().unwrap();
+    (id, pid)
+}
+
+#[test]
+fn seccomp_errno_and_argument_rules_apply() {
+    let mut env = Env::new();
+    env.set_config(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+                {"names": ["kill"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 1, "value": 10, "op": "SCMP_CMP_EQ"}]}
+            ]
+        });
+    });
+    let out = env.run(
+        "seccomp",
+        &[
+            "sh",
+            "-c",
+            "grep ^Seccomp: /proc/self/status; mkdir /made; echo mkdir=$?; \
+             kill -USR1 $$; echo usr1=$?; kill -0 $$; echo zero=$?",
+        ],
+    );
+    let text = stdout(&out) + &stderr(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "no filter mode: {text}");
+    assert!(
+        text.contains("mkdir=1") && text.contains("Permission denied"),
+        "{text}"
+    );
+    assert!(!env.bundle().join("rootfs/made").exists());
+    // kill(…, SIGUSR1) matches the argument rule; kill(…, 0) does not.
+    assert!(text.contains("usr1=1"), "{text}");
+    assert!(text.contains("zero=0"), "{text}");
+}
+
+#[test]
+fn seccomp_notify_hands_the_fd_and_state_to_the_listener() {
+    let mut env = Env::new();
+    let sock = env.dir.path().join("seccomp.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    env.set_config(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": sock,
+            "listenerMetadata": "test-agent",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+        });
+    });
+    // The agent: receives the fd with the state, then answers one mkdir with EROFS.
+    let agent = std::thread::spawn(move || -> Value {
+        let (conn, _) = listener.accept().unwrap();
+        let (data, fd) = recv_with_fd(&conn).unwrap();
+        let fd = fd.expect("notify fd attached");
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let req = libseccomp::ScmpNotifReq::receive(raw).expect("a notification");
+        let resp = libseccomp::ScmpNotifResp::new_error(
+            req.id,
+            -libc::EROFS,
+            libseccomp::ScmpNotifRespFlags::empty(),
+        );
+        resp.respond(raw).unwrap();
+        serde_json::from_slice(&data).unwrap()
+    });
+    let out = env.run("notify", &["sh", "-c", "mkdir /made; echo mkdir=$?"]);
+    let text = stdout(&out) + &stderr(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("mkdir=1") && text.contains("Read-only file system"),
+        "{text}"
+    );
+    let doc = agent.join().unwrap();
+    assert_eq!(doc["fds"], json!(["seccompFd"]), "{doc}");
+    assert_eq!(doc["metadata"], "test-agent");
+    assert!(doc["pid"].as_i64().unwrap() > 0, "{doc}");
+    assert!(
+        doc["state"]["id"].as_str().unwrap().starts_with("notify-"),
+        "{doc}"
+    );
+}
+
+#[test]
+fn seccomp_notify_without_listener_is_refused_cleanly() {
+    let mut env = Env::new();
+    env.set_config(|c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]
+        });
+    });
+    env.set_args(&["true"]);
+    let id = env.id("nolistener");
+    let b = env.bundle().to_str().unwrap().to_string();
+    let out = env.runc(&["create", "--bundle", &b, &id]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("listenerPath"), "{}", stderr(&out));
+    env.assert_nothing_left("seccomp notify without listener");
+}
+
+fn hook(script: &str) -> Value {
+    json!({"path": "/bin/sh", "args": ["sh", "-c", script], "env": ["PATH=/usr/bin:/bin"]})
+}
+
+#[test]
+fn hooks_run_at_their_points_with_state_on_stdin() {
+    let mut env = Env::new();
+    let d = env.dir.path().join("hooks");
+    fs::create_dir(&d).unwrap();
+    let ds = d.to_str().unwrap().to_string();
+    env.set_config(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["hooks"] = json!({
+            "createRuntime": [hook(&format!(
+                "cat > {ds}/createRuntime.json; readlink /proc/self/ns/mnt > {ds}/createRuntime.mnt; echo createRuntime >> {ds}/order"))],
+            "createContainer": [hook(&format!(
+                "cat > {ds}/createContainer.json; readlink /proc/self/ns/mnt > {ds}/createContainer.mnt; echo createContainer >> {ds}/order"))],
+            // Resolves inside the container (busybox's /bin/sh) and writes to its root.
+            "startContainer": [hook("cat > /startContainer.json")],
+            "poststart": [hook(&format!("cat > {ds}/poststart.json; echo poststart >> {ds}/order"))],
+            "poststop": [hook(&format!("cat > {ds}/poststop.json; echo poststop >> {ds}/order"))],
+        });
+    });
+    let (id, pid) = started(&mut env, "hooks", &["sleep", "1000"]);
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&fs::read(d.join(name)).unwrap_or_default()).unwrap_or(Value::Null)
+    };
+    let cr = read("createRuntime.json");
+    assert_eq!(cr["id"], id.as_str(), "{cr}");
+    assert_eq!(cr["pid"].as_i64(), Some(pid));
+    assert_eq!(cr["status"], "creating");
+    let host_mnt = fs::read_link("/proc/self/ns/mnt").unwrap();
+    let cr_mnt = fs::read_to_string(d.join("createRuntime.mnt")).unwrap();
+    let cc_mnt = fs::read_to_string(d.join("createContainer.mnt")).unwrap();
+    assert_eq!(
+        cr_mnt.trim(),
+        host_mnt.to_string_lossy(),
+        "createRuntime runs in the runtime namespace"
+    );
+    let container_mnt = fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_eq!(
+        cc_mnt.trim(),
+        container_mnt.to_string_lossy(),
+        "createContainer runs in the container's"
+    );
+    assert_eq!(read("createContainer.json")["pid"].as_i64(), Some(pid));
+    let sc: Value =
+        serde_json::from_slice(&fs::read(env.bundle().join("rootfs/startContainer.json")).unwrap())
+            .unwrap();
+    assert_eq!(sc["id"], id.as_str());
+    wait_for(|| d.join("poststart.json").exists(), "poststart");
+    assert_eq!(read("poststart.json")["status"], "running");
+    let out = env.runc(&["delete", "--force", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read("poststop.json")["status"], "stopped");
+    let order = fs::read_to_string(d.join("order")).unwrap();
+    assert_eq!(
+        order.lines().collect::<Vec<_>>(),
+        ["createRuntime", "createContainer", "poststart", "poststop"]
+    );
+}
+
+#[test]
+fn a_hook_that_times_out_or_fails_aborts_create_and_leaves_nothing() {
+    let mut env = Env::new();
+    for (h, needle) in [
+        (
+            json!({"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}),
+            "timed out",
+        ),
+        (json!({"path": "/bin/false"}), "exited"),
+    ] {
+        env.set_config(|c| c["hooks"] = json!({"createRuntime": [h]}));
+        env.set_args(&["true"]);
+        let id = env.id("hookfail");
+        let b = env.bundle().to_str().unwrap().to_string();
+        let start = Instant::now();
+        let out = env.runc(&["create", "--bundle", &b, &id]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "timeout not enforced"
+        );
+        env.assert_nothing_left(needle);
+    }
+}
+
+#[test]
+fn exec_runs_a_process_inside_the_container() {
+    let mut env = Env::new();
+    let (id, pid) = started(&mut env, "exec", &["sleep", "1000"]);
+    let out = env.runc(&[
+        "exec", "--env", "FOO=bar", "--cwd", "/bin", "--user", "1000:1001", &id, "sh", "-c",
+        "echo foo=$FOO; pwd; id -u; id -g; for n in pid mnt uts; do readlink /proc/self/ns/$n; done",
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..4], ["foo=bar", "/bin", "1000", "1001"], "{text}");
+    for (i, ns) in ["pid", "mnt", "uts"].iter().enumerate() {
+        let want = fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_eq!(lines[4 + i], want.to_string_lossy(), "{ns} namespace");
+    }
+    let code = env.runc(&["exec", &id, "sh", "-c", "exit 3"]);
+    assert_eq!(code.status.code(), Some(3));
+
+    let pid_file = env.dir.path().join("exec.pid");
+    let out = env.runc(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+        "sleep",
+        "999",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let epid: i64 = fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    let ps: Vec<i64> =
+        serde_json::from_slice(&env.runc(&["ps", "--format", "json", &id]).stdout).unwrap();
+    assert!(ps.contains(&epid) && ps.contains(&pid), "{ps:?}");
+
+    let bad = env.runc(&["exec", &id, "/no/such/thing"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("/no/such/thing"), "{}", stderr(&bad));
+    let none = env.runc(&["exec", &id]);
+    assert!(!none.status.success() && stderr(&none).contains("COMMAND"));
+    let missing = env.runc(&["exec", "no-such-container", "true"]);
+    assert!(!missing.status.success() && stderr(&missing).contains("does not exist"));
+
+    assert!(env.runc(&["kill", &id, "KILL"]).status.success());
+    wait_for(|| state(&env, &id)["status"] == "stopped", "stop");
+    let stopped = env.runc(&["exec", &id, "true"]);
+    assert!(
+        !stopped.status.success() && stderr(&stopped).contains("stopped"),
+        "{}",
+        stderr(&stopped)
+    );
+    assert!(env.runc(&["delete", "--force", &id]).status.success());
+    env.assert_nothing_left("exec");
+}
+
+#[test]
+fn exec_takes_a_process_json() {
+    let mut env = Env::new();
+    let (id, _) = started(&mut env, "execjson", &["sleep", "1000"]);
+    let p = env.dir.path().join("process.json");
+    fs::write(
+        &p,
+        json!({"args": ["sh", "-c", "echo $A-$(id -u)"], "env": ["A=json"], "cwd": "/",
+               "user": {"uid": 7, "gid": 7}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = env.runc(&["exec", "--process", p.to_str().unwrap(), &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "json-7");
+    fs::write(&p, "{broken").unwrap();
+    let out = env.runc(&["exec", "--process", p.to_str().unwrap(), &id]);
+    assert!(!out.status.success() && stderr(&out).contains("process.json"));
+}
+
+#[test]
+fn a_terminal_goes_to_the_console_socket() {
+    let mut env = Env::new();
+    env.set_args(&["sh", "-c", "tty; echo hello-pty"]);
+    env.set_config(|c| c["process"]["terminal"] = json!(true));
+    let id = env.id("tty");
+    let b = env.bundle().to_str().unwrap().to_string();
+    // Without a console socket the pty would have nowhere to go.
+    let out = env.runc(&["create", "--bundle", &b, &id]);
+    assert!(!out.status.success() && stderr(&out).contains("console-socket"));
+    env.assert_nothing_left("terminal without console socket");
+
+    let sock = env.dir.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let console = std::thread::spawn(move || -> String {
+        let (conn, _) = listener.accept().unwrap();
+        let (_, fd) = recv_with_fd(&conn).unwrap();
+        let mut master = fs::File::from(fd.expect("pty master attached"));
+        let mut seen = String::new();
+        let mut buf = [0u8; 256];
+        while !seen.contains("hello-pty") {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen
+    });
+    let out = env.runc(&[
+        "create",
+        "--bundle",
+        &b,
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.runc(&["start", &id]).status.success());
+    let seen = console.join().unwrap();
+    assert!(seen.contains("hello-pty"), "{seen:?}");
+    assert!(
+        seen.contains("/dev/pts/") || seen.contains("/dev/console"),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn exec_with_a_terminal_uses_the_console_socket() {
+    let mut env = Env::new();
+    let (id, _) = started(&mut env, "exectty", &["sleep", "1000"]);
+    let sock = env.dir.path().join("exec-console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let console = std::thread::spawn(move || -> String {
+        let (conn, _) = listener.accept().unwrap();
+        let (_, fd) = recv_with_fd(&conn).unwrap();
+        let mut master = fs::File::from(fd.expect("pty master attached"));
+        let mut seen = String::new();
+        let mut buf = [0u8; 256];
+        while !seen.contains("in-exec-pty") {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen
+    });
+    let out = env.runc(&[
+        "exec",
+        "--tty",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "test -t 0 && echo in-exec-pty",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(console.join().unwrap().contains("in-exec-pty"));
+}
+
+#[test]
+fn events_report_stats_and_update_changes_limits() {
+    let mut env = Env::new();
+    let (id, _) = started(&mut env, "events", &["sleep", "1000"]);
+    let stats = |env: &Env| -> Value {
+        let out = env.runc(&["events", "--stats", &id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let ev = stats(&env);
+    assert_eq!(ev["type"], "stats");
+    assert_eq!(ev["id"], id.as_str());
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+
+    let out = env.runc(&["update", "--pids-limit", "20", "--memory", "64m", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ev = stats(&env);
+    assert_eq!(ev["data"]["pids"]["limit"], 20, "{ev}");
+    assert_eq!(ev["data"]["memory"]["usage"]["limit"], 64u64 << 20, "{ev}");
+    let res = env.dir.path().join("res.json");
+    fs::write(&res, json!({"pids": {"limit": 30}}).to_string()).unwrap();
+    let out = env.runc(&["update", "--resources", res.to_str().unwrap(), &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stats(&env)["data"]["pids"]["limit"], 30);
+    fs::write(&res, "[1,2").unwrap();
+    let out = env.runc(&["update", "--resources", res.to_str().unwrap(), &id]);
+    assert!(!out.status.success() && stderr(&out).contains("--resources"));
+    let out = env.runc(&["update", "--memory", "lots", &id]);
+    assert!(!out.status.success() && stderr(&out).contains("lots"));
+
+    // Streaming: stats lines every interval until the container stops.
+    let cmd = env.command(&["events", "--interval", "100ms", &id]);
+    let dir = env.dir.path().to_path_buf();
+    let stream = std::thread::spawn(move || run_with_files(cmd, &dir));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(env.runc(&["kill", &id, "KILL"]).status.success());
+    let out = stream.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l["type"] == "stats"));
+    assert!(env.runc(&["delete", "--force", &id]).status.success());
+    env.assert_nothing_left("update");
+}
+
+#[test]
+fn the_runtime_runs_from_a_sealed_copy_of_itself() {
+    let mut env = Env::new();
+    env.set_args(&["sleep", "1000"]);
+    let id = env.id("sealed");
+    let b = env.bundle().to_str().unwrap().to_string();
+    let out = env.runc(&["create", "--bundle", &b, &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = state(&env, &id)["pid"].as_i64().unwrap();
+    // The waiting init is still the runtime: its exe must be the sealed memfd, not the file.
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:podlet-runc"),
+        "{exe:?}"
+    );
+    let write = fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/exe"));
+    assert!(write.is_err(), "the runtime image was writable");
+    assert!(!Path::new(&exe).exists());
+}
