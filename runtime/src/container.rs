@@ -326,8 +326,8 @@ impl Runtime {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| id.to_string());
-        let cg =
-            ContainerCgroups::create(&self.cgroups, &cgroups_path, linux.resources().as_ref())?;
+        let resources = spec::effective_resources(&linux);
+        let cg = ContainerCgroups::create(&self.cgroups, &cgroups_path, resources.as_ref())?;
         cleanup.cgroups = Some(cg.clone());
 
         let dir_fd = open_dir(state_dir)?;
@@ -404,8 +404,12 @@ impl Runtime {
                 .map_err(|e| ContainerError::Sys("sync with init", e.to_string()))?;
             match msg {
                 Some((Message::HooksBeforePivot, _)) => {
+                    // prestart hooks (deprecated) have always seen "created"; createRuntime
+                    // sees "creating", as the spec's lifecycle says.
+                    let mut created = st.clone();
+                    created.status = Status::Created;
                     #[allow(deprecated)]
-                    let r = run_hooks(hooks.prestart().as_ref(), &st)
+                    let r = run_hooks(hooks.prestart().as_ref(), &created)
                         .and_then(|_| run_hooks(hooks.create_runtime().as_ref(), &st));
                     if let Err(e) = r {
                         let _ = parent_chan.send(&Message::Error(e.to_string()));
@@ -529,7 +533,7 @@ impl Runtime {
         let cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
         match st.status {
             Status::Stopped => {}
-            Status::Created => kill_and_wait(&st, &cg),
+            // The spec: deleting a container that is not stopped is an error.
             _ if force => kill_and_wait(&st, &cg),
             status => {
                 return Err(ContainerError::WrongStatus {
@@ -594,7 +598,7 @@ impl Runtime {
 
     /// Applies new resource limits to a created, running or paused container (`update`).
     pub fn update(&self, id: &str, res: &oci_spec::runtime::LinuxResources) -> Result<()> {
-        let mut st = self.state(id)?;
+        let st = self.state(id)?;
         if st.status == Status::Stopped {
             return Err(ContainerError::WrongStatus {
                 id: id.into(),
@@ -602,20 +606,7 @@ impl Runtime {
                 what: "cannot update a stopped container",
             });
         }
-        let cgroups_path = spec::load_bundle(&st.bundle)
-            .ok()
-            .and_then(|b| b.spec.linux().clone())
-            .and_then(|l| l.cgroups_path().clone())
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| id.to_string());
-        let mut cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
-        let result = cg.update(&self.cgroups, &cgroups_path, res);
-        // Save any cgroup made on the way, even on failure, so delete removes it.
-        let mut saved = self.state.load(id)?;
-        saved.cgroup_dirs = cg.dirs.iter().map(|(_, d)| d.clone()).collect();
-        self.state.save(&saved)?;
-        st.cgroup_dirs = saved.cgroup_dirs;
-        Ok(result?)
+        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).apply(res)?)
     }
 
     /// Resource usage in `runc events --stats` shape (the `data` of a stats event).

@@ -114,6 +114,37 @@ const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
+/// The mount point (from `/proc/self/mountinfo`) that contains `path`.
+fn parent_mount_point(path: &Path) -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let digits = std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(digits, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Options for [`prepare`].
 #[derive(Debug, Clone, Copy)]
 pub struct RootfsOptions {
@@ -144,10 +175,20 @@ pub fn mount_all(
     sys: &dyn Syscall,
 ) -> Result<(), RootfsError> {
     let linux = spec.linux().as_ref();
-    let propagation =
-        mount_options::rootfs_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()));
-    // Our own mount namespace: this changes only the container's view.
-    sys.mount(None, Path::new("/"), None, propagation, None)
+    // Our own mount namespace: this changes only the container's view. Slave first, so nothing
+    // below propagates back out; the configured propagation is applied after pivot_root.
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(RootfsError::Propagation)?;
+    // pivot_root refuses a new root whose parent mount is shared (e.g. after a "shared"
+    // rootfsPropagation in a joined namespace): make that parent private.
+    let parent = parent_mount_point(rootfs);
+    sys.mount(None, &parent, None, MsFlags::MS_PRIVATE, None)
         .map_err(RootfsError::Propagation)?;
     sys.mount(
         Some(rootfs),
@@ -283,6 +324,10 @@ pub fn enter(
     }
     sys.chdir(Path::new("/"))
         .map_err(|e| RootfsError::PivotRoot(rootfs.to_path_buf(), e))?;
+    let propagation =
+        mount_options::rootfs_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()));
+    sys.mount(None, Path::new("/"), None, propagation, None)
+        .map_err(RootfsError::Propagation)?;
 
     if let Some(linux) = linux {
         for p in linux.readonly_paths().iter().flatten() {
@@ -484,6 +529,13 @@ mod tests {
     use crate::syscall::{Call, RecordingSyscall};
 
     #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
+    }
+
+    #[test]
     fn secure_join_never_leaves_the_root() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
@@ -533,12 +585,15 @@ mod tests {
                 None,
                 "/".into(),
                 None,
-                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
                 None
             )
         );
         assert!(
-            matches!(&calls[2], Call::Mount(_, dest, Some(t), f, None) if dest == &d.path().join("proc") && t == "proc" && *f == MsFlags::MS_NOSUID)
+            matches!(&calls[1], Call::Mount(None, _, None, f, None) if *f == MsFlags::MS_PRIVATE)
+        );
+        assert!(
+            matches!(&calls[3], Call::Mount(_, dest, Some(t), f, None) if dest == &d.path().join("proc") && t == "proc" && *f == MsFlags::MS_NOSUID)
         );
         let pivot = calls
             .iter()
@@ -557,6 +612,17 @@ mod tests {
         assert_eq!(
             calls[pivot + 2],
             Call::Umount(".".into(), MntFlags::MNT_DETACH)
+        );
+        // The configured propagation lands on the new root, after the pivot.
+        assert_eq!(
+            calls[pivot + 4],
+            Call::Mount(
+                None,
+                "/".into(),
+                None,
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                None
+            )
         );
         assert!(
             matches!(calls.last().unwrap(), Call::Mount(None, p, None, f, None) if p == Path::new("/") && f.contains(MsFlags::MS_RDONLY))

@@ -100,26 +100,25 @@ pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
             format!("{} is not a directory", rootfs.display()),
         ));
     }
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| invalid("process", "missing"))?;
-    match process.args() {
-        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
-        _ => return Err(invalid("process.args", "must name a program to run")),
-    }
-    if !process.cwd().is_absolute() {
-        return Err(invalid(
-            "process.cwd",
-            format!("{:?} must be an absolute path", process.cwd()),
-        ));
-    }
-    for (i, kv) in process.env().iter().flatten().enumerate() {
-        if !kv.contains('=') {
+    // A bundle without `process` can be created (the spec only needs it for `start`).
+    if let Some(process) = spec.process() {
+        match process.args() {
+            Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+            _ => return Err(invalid("process.args", "must name a program to run")),
+        }
+        if !process.cwd().is_absolute() {
             return Err(invalid(
-                format!("process.env[{i}]"),
-                format!("{kv:?} is not KEY=VALUE"),
+                "process.cwd",
+                format!("{:?} must be an absolute path", process.cwd()),
             ));
+        }
+        for (i, kv) in process.env().iter().flatten().enumerate() {
+            if !kv.contains('=') {
+                return Err(invalid(
+                    format!("process.env[{i}]"),
+                    format!("{kv:?} is not KEY=VALUE"),
+                ));
+            }
         }
     }
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
@@ -196,14 +195,54 @@ pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
         .linux()
         .iter()
         .flat_map(|l| l.namespaces().iter().flatten())
-        .any(|ns| ns.typ() == LinuxNamespaceType::Mount && ns.path().is_none());
+        .any(|ns| ns.typ() == LinuxNamespaceType::Mount && is_foreign_mount_ns(ns));
     if !new_mount_ns {
         return Err(invalid(
             "linux.namespaces",
-            "podlet needs a new mount namespace (a \"mount\" entry without a path) to build the rootfs without touching the host's mounts",
+            "podlet needs a mount namespace of the container's own (a \"mount\" entry without a path, or a path to a namespace other than the runtime's) to build the rootfs without touching the host's mounts",
         ));
     }
     Ok(rootfs)
+}
+
+/// The container's cgroup resources, with an allow rule added for every `linux.devices` node
+/// when device rules are given (the container must be able to use the devices it is given).
+pub fn effective_resources(
+    linux: &oci_spec::runtime::Linux,
+) -> Option<oci_spec::runtime::LinuxResources> {
+    let mut res = linux.resources().clone()?;
+    if let Some(rules) = res.devices().clone().filter(|r| !r.is_empty()) {
+        let mut rules = rules;
+        for d in linux.devices().iter().flatten() {
+            let rule = serde_json::json!({
+                "allow": true,
+                "type": d.typ(),
+                "major": d.major(),
+                "minor": d.minor(),
+                "access": "rwm",
+            });
+            if let Ok(r) = serde_json::from_value(rule) {
+                rules.push(r);
+            }
+        }
+        res.set_devices(Some(rules));
+    }
+    Some(res)
+}
+
+/// True for a new mount namespace, or a path to one that is not the runtime's own.
+fn is_foreign_mount_ns(ns: &oci_spec::runtime::LinuxNamespace) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = ns.path() else { return true };
+    match (
+        std::fs::metadata(path),
+        std::fs::metadata("/proc/self/ns/mnt"),
+    ) {
+        (Ok(theirs), Ok(ours)) => (theirs.dev(), theirs.ino()) != (ours.dev(), ours.ino()),
+        // A path that cannot be read fails later, when it is opened, with its own error.
+        (Err(_), _) => true,
+        (_, Err(_)) => false,
+    }
 }
 
 #[cfg(test)]

@@ -456,3 +456,133 @@ fn the_runtime_runs_from_a_sealed_copy_of_itself() {
     assert!(write.is_err(), "the runtime image was writable");
     assert!(!Path::new(&exe).exists());
 }
+
+#[test]
+fn create_without_process_waits_and_start_refuses() {
+    let mut env = Env::new();
+    env.set_config(|c| {
+        c.as_object_mut().unwrap().remove("process");
+    });
+    let id = env.id("noproc");
+    let b = env.bundle().to_str().unwrap().to_string();
+    let out = env.runc(&["create", "--bundle", &b, &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&env, &id)["status"], "created");
+    // The spec: deleting a container that is not stopped is an error.
+    let del = env.runc(&["delete", &id]);
+    assert!(
+        !del.status.success() && stderr(&del).contains("created"),
+        "{}",
+        stderr(&del)
+    );
+    let start = env.runc(&["start", &id]);
+    assert!(!start.status.success());
+    assert!(stderr(&start).contains("no process"), "{}", stderr(&start));
+    wait_for(|| state(&env, &id)["status"] == "stopped", "init to exit");
+    assert!(env.runc(&["delete", &id]).status.success());
+    env.assert_nothing_left("no process");
+}
+
+#[test]
+fn rootfs_propagation_is_applied_to_the_new_root() {
+    let mut env = Env::new();
+    for (prop, needle) in [
+        ("shared", "shared:"),
+        ("unbindable", "unbindable"),
+        ("private", ""),
+    ] {
+        env.set_config(|c| c["linux"]["rootfsPropagation"] = json!(prop));
+        let out = env.run(&format!("prop-{prop}"), &["cat", "/proc/self/mountinfo"]);
+        assert!(out.status.success(), "{prop}: {}", stderr(&out));
+        let info = stdout(&out);
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/"))
+            .unwrap_or_else(|| panic!("no root mount in {info}"))
+            .to_string();
+        if needle.is_empty() {
+            assert!(
+                !line.contains("shared:") && !line.contains("master:"),
+                "{prop}: {line}"
+            );
+        } else {
+            assert!(line.contains(needle), "{prop}: {line}");
+        }
+    }
+    env.assert_nothing_left("propagation");
+}
+
+#[test]
+fn device_rules_limit_what_the_container_may_create_and_open() {
+    // Enforced by the v1 devices controller on this hybrid host.
+    let mut env = Env::new();
+    env.set_config(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
+        c["linux"]["devices"] =
+            json!([{"path": "/dev/given", "type": "c", "major": 1, "minor": 11}]);
+    });
+    let out = env.run(
+        "devices",
+        &[
+            "sh",
+            "-c",
+            "echo x > /dev/null && echo null-ok; mknod /dev/mem2 c 1 1; echo mknod=$?; \
+             stat -c %t:%T /dev/given",
+        ],
+    );
+    let text = stdout(&out) + &stderr(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("null-ok"),
+        "default devices stay usable: {text}"
+    );
+    assert!(
+        text.contains("mknod=1"),
+        "mknod of a denied device worked: {text}"
+    );
+    assert!(text.contains("1:b"), "the given device exists: {text}");
+}
+
+#[test]
+fn joins_a_mount_namespace_by_path_but_never_the_runtimes_own() {
+    let mut env = Env::new();
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "1000"])
+        .spawn()
+        .unwrap();
+    let path = format!("/proc/{}/ns/mnt", holder.id());
+    let own = fs::read_link("/proc/self/ns/mnt").unwrap();
+    wait_for(
+        || fs::read_link(&path).map(|l| l != own).unwrap_or(false),
+        "holder's mount namespace",
+    );
+    let theirs = fs::read_link(&path).unwrap();
+    let set_mnt = |env: &Env, p: &str| {
+        env.set_config(|c| {
+            for n in c["linux"]["namespaces"].as_array_mut().unwrap() {
+                if n["type"] == "mount" {
+                    n["path"] = json!(p);
+                }
+            }
+        })
+    };
+    set_mnt(&env, &path);
+    let out = env.run("joinmnt", &["readlink", "/proc/self/ns/mnt"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), theirs.to_string_lossy());
+    // The runtime's own namespace (here: the host's) is refused before anything is made.
+    set_mnt(&env, "/proc/self/ns/mnt");
+    env.set_args(&["true"]);
+    let id = env.id("ownmnt");
+    let b = env.bundle().to_str().unwrap().to_string();
+    let out = env.runc(&["create", "--bundle", &b, &id]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("mount namespace"),
+        "{}",
+        stderr(&out)
+    );
+    env.assert_nothing_left("own mount namespace");
+}

@@ -2,7 +2,9 @@
 //!
 //! podlet does not use libcgroups' managers: they enable controllers from the hierarchy root
 //! down (writing `cgroup.subtree_control` above the delegated subtree), which podlet's cgroup
-//! rule forbids. This manager only writes at or below podlet's root.
+//! rule forbids. This manager only writes at or below podlet's root. On hybrid hosts the
+//! container also gets a cgroup in every v1 hierarchy, like runc, and settings whose v2
+//! controller is missing go to v1 ([`super::v1`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -118,24 +120,60 @@ pub fn v2_settings(res: &LinuxResources) -> Vec<(String, String)> {
     out
 }
 
+/// The v2 controller that serves a v1 controller's settings.
+fn v2_equivalent(v1: &str) -> &str {
+    match v1 {
+        "blkio" => "io",
+        other => other,
+    }
+}
+
+/// v1 settings that some kernels lack (no swap accounting, no CFQ, kmem limits removed): a
+/// warning, not an error, when they cannot be applied.
+fn optional_v1(file: &str) -> bool {
+    file.starts_with("memory.memsw")
+        || file.starts_with("memory.kmem")
+        || file.starts_with("blkio.weight")
+        || file.starts_with("blkio.leaf_weight")
+}
+
+/// Gives a new v1 cpuset cgroup (and any new parents) the parent's cpus and mems: v1 refuses
+/// tasks in a cpuset that has none.
+fn init_cpuset(h: &HierarchyRoot, dir: &Path) -> Result<(), CgroupError> {
+    let rel = dir.strip_prefix(&h.own_dir).unwrap_or(Path::new(""));
+    let mut cur = h.own_dir.clone();
+    for comp in rel.components() {
+        let parent = cur.clone();
+        cur.push(comp);
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let mine = fs::read_to_string(cur.join(file)).unwrap_or_default();
+            if mine.trim().is_empty() {
+                let theirs = fs::read_to_string(parent.join(file)).unwrap_or_default();
+                write(&cur, file, theirs.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl ContainerCgroups {
     /// Creates the container's cgroup (`cgroups_path` resolved below podlet's root) in the v2
-    /// hierarchy, plus the v1 memory and pids hierarchies when limits need them and v2 lacks
-    /// the controllers (hybrid hosts).
+    /// hierarchy and in every v1 hierarchy with controllers (hybrid hosts), then applies `res`:
+    /// each setting goes to cgroup v2 when its controller is there, else to v1.
     pub fn create(
         root: &CgroupRoot,
         cgroups_path: &str,
         res: Option<&LinuxResources>,
     ) -> Result<Self, CgroupError> {
-        let mut dirs = Vec::new();
-        let settings = res.map(v2_settings).unwrap_or_default();
+        let mut made = ContainerCgroups { dirs: Vec::new() };
         let result = (|| {
+            let settings = res.map(v2_settings).unwrap_or_default();
             if let Some(v2) = root.unified() {
                 let dir = v2.container_dir(cgroups_path)?;
                 // Enable the controllers the settings need, from podlet's root down only.
                 let available = fs::read_to_string(v2.own_dir.join("cgroup.subtree_control"))
                     .unwrap_or_default();
-                let wanted: Vec<&str> = ["cpu", "memory", "pids", "cpuset", "io"]
+                let wanted: Vec<&str> = ["cpu", "memory", "pids", "cpuset", "io", "hugetlb"]
                     .into_iter()
                     .filter(|c| {
                         settings
@@ -145,7 +183,7 @@ impl ContainerCgroups {
                     })
                     .collect();
                 v2.create_dir(&dir)?;
-                dirs.push((v2.clone(), dir.clone()));
+                made.dirs.push((v2.clone(), dir.clone()));
                 if !wanted.is_empty() {
                     let mut cur = v2.root_dir.clone();
                     let rel = dir
@@ -162,63 +200,24 @@ impl ContainerCgroups {
                         cur.push(comp);
                     }
                 }
-                for (file, value) in &settings {
-                    if dir.join(file).exists() {
-                        write(&dir, file, value)?;
-                    } else if file.starts_with("memory.max") || file.starts_with("pids.max") {
-                        // Hybrid host: handled in v1 below.
-                    } else if file.starts_with("memory.low")
-                        || file.starts_with("memory.swap")
-                        || file.starts_with("cpu")
-                        || file.starts_with("io.")
-                        || file.starts_with("hugetlb.")
-                    {
-                        tracing::warn!(file, "cgroup v2 controller unavailable; setting skipped");
-                    } else {
-                        return Err(CgroupError::Io {
-                            op: "write",
-                            path: dir.join(file),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                "no such cgroup file (controller not enabled?)",
-                            ),
-                        });
-                    }
-                }
             }
-            let v2_dir = dirs
-                .first()
-                .map(|(_, d): &(HierarchyRoot, PathBuf)| d.clone());
-            let v2_has = |f: &str| v2_dir.as_ref().is_some_and(|d| d.join(f).exists());
-            for (file, ctrl, v1file) in [
-                ("memory.max", "memory", "memory.limit_in_bytes"),
-                ("pids.max", "pids", "pids.max"),
-            ] {
-                let Some((_, value)) = settings.iter().find(|(f, _)| f.as_str() == file) else {
-                    continue;
-                };
-                if v2_has(file) {
-                    continue;
-                }
-                let Some(h) = root.v1_controller(ctrl) else {
-                    return Err(CgroupError::ControllerUnavailable {
-                        setting: file.to_string(),
-                        controller: ctrl,
-                    });
-                };
+            for h in root
+                .hierarchies
+                .iter()
+                .filter(|h| h.version == super::CgroupVersion::V1 && !h.controllers.is_empty())
+            {
                 let dir = h.container_dir(cgroups_path)?;
                 h.create_dir(&dir)?;
-                dirs.push((h.clone(), dir.clone()));
-                let v = if value == "max" && ctrl == "memory" {
-                    "-1".to_string()
-                } else {
-                    value.clone()
-                };
-                write(&dir, v1file, &v)?;
+                made.dirs.push((h.clone(), dir.clone()));
+                if h.controllers.iter().any(|c| c == "cpuset") {
+                    init_cpuset(h, &dir)?;
+                }
             }
-            Ok(())
+            match res {
+                Some(r) => made.apply(r),
+                None => Ok(()),
+            }
         })();
-        let made = ContainerCgroups { dirs };
         if let Err(e) = result {
             made.remove();
             return Err(e);
@@ -226,57 +225,67 @@ impl ContainerCgroups {
         Ok(made)
     }
 
-    /// Applies new resource limits to a live container (`update`). Limits that cgroup v2 cannot
-    /// take here go to the v1 memory/pids hierarchies, creating the container's cgroup there and
-    /// moving its processes in when it had none.
-    pub fn update(
-        &mut self,
-        root: &CgroupRoot,
-        cgroups_path: &str,
-        res: &LinuxResources,
-    ) -> Result<(), CgroupError> {
-        let settings = v2_settings(res);
+    /// Writes `res` to the container's cgroups: v2 files where the v2 controller exists, the v1
+    /// equivalents otherwise. A limit that no hierarchy can take (memory, pids) is an error.
+    pub fn apply(&self, res: &LinuxResources) -> Result<(), CgroupError> {
         let v2_dir = self.unified_dir().map(Path::to_path_buf);
-        let pids = self.pids();
-        for (file, value) in &settings {
-            if let Some(d) = v2_dir.as_ref().filter(|d| d.join(file).exists()) {
-                write(d, file, value)?;
+        let mut served = std::collections::HashSet::new();
+        let mut unserved = Vec::new();
+        for (file, value) in v2_settings(res) {
+            let ctrl = file.split('.').next().unwrap_or("").to_string();
+            match v2_dir.as_ref().filter(|d| d.join(&file).exists()) {
+                Some(d) => {
+                    write(d, &file, &value)?;
+                    served.insert(ctrl);
+                }
+                None => unserved.push((ctrl, file)),
+            }
+        }
+        let mut v1_done = std::collections::HashSet::new();
+        for (ctrl, file, value) in super::v1::v1_settings(res) {
+            if served.contains(v2_equivalent(ctrl)) {
                 continue;
             }
-            let v1 = match file.as_str() {
-                "memory.max" => Some(("memory", "memory.limit_in_bytes")),
-                "pids.max" => Some(("pids", "pids.max")),
-                _ => None,
-            };
-            let Some((ctrl, v1file)) = v1 else {
+            let dir = self
+                .dirs
+                .iter()
+                .find(|(h, _)| h.controllers.iter().any(|c| c == ctrl))
+                .map(|(_, d)| d.clone());
+            let Some(dir) = dir else {
+                if matches!(ctrl, "memory" | "pids") {
+                    return Err(CgroupError::ControllerUnavailable {
+                        setting: file,
+                        controller: ctrl,
+                    });
+                }
                 tracing::warn!(file, "cgroup controller unavailable; setting skipped");
                 continue;
             };
-            let h = root
-                .v1_controller(ctrl)
-                .ok_or_else(|| CgroupError::ControllerUnavailable {
-                    setting: file.clone(),
-                    controller: ctrl,
-                })?
-                .clone();
-            let dir = match self.dirs.iter().find(|(hh, _)| hh.root_dir == h.root_dir) {
-                Some((_, d)) => d.clone(),
-                None => {
-                    let d = h.container_dir(cgroups_path)?;
-                    h.create_dir(&d)?;
-                    self.dirs.push((h.clone(), d.clone()));
-                    for pid in &pids {
-                        write(&d, "cgroup.procs", &pid.to_string())?;
-                    }
-                    d
+            match write(&dir, &file, &value) {
+                Ok(()) => {
+                    v1_done.insert(v2_equivalent(ctrl).to_string());
                 }
-            };
-            let v = if value == "max" && ctrl == "memory" {
-                "-1".to_string()
-            } else {
-                value.clone()
-            };
-            write(&dir, v1file, &v)?;
+                Err(e) if optional_v1(&file) => {
+                    tracing::warn!(file, "cgroup v1 setting not supported here: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for (ctrl, file) in unserved {
+            if !v1_done.contains(&ctrl) && !served.contains(&ctrl) {
+                if v2_dir.is_some() && super::v1::v1_settings(res).is_empty() {
+                    // Only v2-specific keys (e.g. `unified`) and no v2 controller for them.
+                    return Err(CgroupError::Io {
+                        op: "write",
+                        path: v2_dir.clone().unwrap_or_default().join(&file),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "no such cgroup file (controller not enabled?)",
+                        ),
+                    });
+                }
+                tracing::warn!(file, "cgroup v2 controller unavailable; setting skipped");
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ mod membership;
 mod mountinfo;
 mod root;
 mod stats;
+pub mod v1;
 
 pub use error::CgroupError;
 pub use manager::{v2_settings, ContainerCgroups};

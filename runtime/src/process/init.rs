@@ -71,6 +71,13 @@ pub fn run(mut args: InitArgs, mut chan: Channel) -> isize {
         }
         drop(listener);
     }
+    if args.spec.process().is_none() {
+        if let Some(c) = conn.as_mut() {
+            use std::io::Write;
+            let _ = c.write_all(b"config.json has no process to start");
+        }
+        return 1;
+    }
     let hooks = args.spec.hooks().clone().unwrap_or_default();
     if let Err(e) = run_hooks_here(hooks.start_container().as_ref(), &hook_state) {
         if let Some(c) = conn.as_mut() {
@@ -143,7 +150,8 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
     }
     step("setsid", nix::unistd::setsid())?;
     let spec = &args.spec;
-    let process = spec.process().as_ref().ok_or("process missing")?;
+    let default_process = Process::default();
+    let process = spec.process().as_ref().unwrap_or(&default_process);
     if let Some(adj) = process.oom_score_adj() {
         step(
             "oom_score_adj",
@@ -213,6 +221,11 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
             }
         }
     }
+    if spec.process().is_none() {
+        // Nothing will be exec'd: `start` is refused. Keep no runtime fd past this point.
+        close_fds_on_exec(args.preserve_fds);
+        return Ok(state);
+    }
     // Like runc, a program that cannot be found fails `create`, not `start`.
     check_program(process)?;
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
@@ -255,6 +268,19 @@ pub fn finalize_process(
         )),
         None => None,
     };
+    // The working directory must lie inside the new root (CVE-2024-21626 class): after
+    // pivot_root, a leaked host directory fd would show as "(unreachable)".
+    step(
+        &format!("process.cwd {}", process.cwd().display()),
+        nix::unistd::chdir(process.cwd()),
+    )?;
+    let cwd = step("getcwd", nix::unistd::getcwd())?;
+    if !cwd.starts_with("/") || cwd.to_string_lossy().contains("(unreachable)") {
+        return Err(format!(
+            "process.cwd {} resolves outside the container root",
+            process.cwd().display()
+        ));
+    }
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we still
     // have it (as runc does). With no_new_privs, load it as late as possible.
     if !nnp {
@@ -294,25 +320,17 @@ pub fn finalize_process(
             return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
         }
     }
-    // The working directory must lie inside the new root (CVE-2024-21626 class): after
-    // pivot_root, a leaked host directory fd would show as "(unreachable)".
-    step(
-        &format!("process.cwd {}", process.cwd().display()),
-        nix::unistd::chdir(process.cwd()),
-    )?;
-    let cwd = step("getcwd", nix::unistd::getcwd())?;
-    if !cwd.starts_with("/") || cwd.to_string_lossy().contains("(unreachable)") {
-        return Err(format!(
-            "process.cwd {} resolves outside the container root",
-            process.cwd().display()
-        ));
-    }
     if nnp {
         if let Some((f, notify)) = &filter {
             load_filter(f, *notify, chan)?;
         }
     }
-    // No runtime fd may reach the user process: everything above 2 + preserved closes on exec.
+    close_fds_on_exec(preserve_fds);
+    Ok(())
+}
+
+/// No runtime fd may reach the user process: everything above 2 + preserved closes on exec.
+fn close_fds_on_exec(preserve_fds: i32) {
     let first = 3 + preserve_fds.max(0) as u32;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
     unsafe {
@@ -323,7 +341,6 @@ pub fn finalize_process(
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    Ok(())
 }
 
 fn load_filter(
@@ -362,13 +379,23 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
     })
 }
 
-/// Converts an OCI capability set to the `caps` crate's, skipping ones this kernel lacks.
+/// Converts an OCI capability set to the `caps` crate's, keeping only capabilities this
+/// kernel knows and the runtime itself may hold (its bounding set): a container never gets
+/// more than the runtime has, and a request for more is trimmed with a warning, not a
+/// `capset` failure.
 fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> HashSet<caps::Capability> {
     let supported = caps::runtime::thread_all_supported();
+    let held = caps::read(None, caps::CapSet::Bounding).unwrap_or_else(|_| supported.clone());
     set.iter()
         .flatten()
         .filter_map(|c| format!("CAP_{c}").parse::<caps::Capability>().ok())
-        .filter(|c| supported.contains(c))
+        .filter(|c| {
+            let ok = supported.contains(c) && held.contains(c);
+            if !ok {
+                tracing::warn!(capability = %c, "not held by the runtime; left out");
+            }
+            ok
+        })
         .collect()
 }
 
