@@ -26,7 +26,8 @@ impl Env {
         fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static installed");
         for applet in [
             "sh", "echo", "cat", "ls", "sleep", "hostname", "id", "grep", "readlink", "touch",
-            "head", "mkdir", "env", "pwd", "true", "wc", "tty", "false", "mknod", "stat",
+            "head", "mkdir", "env", "pwd", "true", "wc", "tty", "false", "mknod", "stat", "tr",
+            "seq",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }

@@ -522,13 +522,20 @@ fn device_rules_limit_what_the_container_may_create_and_open() {
         c["linux"]["devices"] =
             json!([{"path": "/dev/given", "type": "c", "major": 1, "minor": 11}]);
     });
+    env.set_config(|c| {
+        let caps = &mut c["process"]["capabilities"];
+        for set in ["bounding", "effective", "permitted"] {
+            caps[set].as_array_mut().unwrap().push(json!("CAP_MKNOD"));
+        }
+    });
+    // With CAP_MKNOD, only the devices cgroup stands between the process and /dev/mem.
     let out = env.run(
         "devices",
         &[
             "sh",
             "-c",
-            "echo x > /dev/null && echo null-ok; mknod /dev/mem2 c 1 1; echo mknod=$?; \
-             stat -c %t:%T /dev/given",
+            "echo x > /dev/null && echo null-ok; mknod /null2 c 1 3 && echo null-mknod-ok; \
+             mknod /dev/mem2 c 1 1; echo mknod=$?; stat -c %t:%T /dev/given",
         ],
     );
     let text = stdout(&out) + &stderr(&out);

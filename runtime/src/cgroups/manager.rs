@@ -241,6 +241,19 @@ impl ContainerCgroups {
                 None => unserved.push((ctrl, file)),
             }
         }
+        // Device rules: the v1 devices controller where there is one, else an eBPF filter on
+        // the v2 cgroup.
+        if let Some(rules) = res.devices().as_ref().filter(|r| !r.is_empty()) {
+            let v1_devices = self
+                .dirs
+                .iter()
+                .any(|(h, _)| h.controllers.iter().any(|c| c == "devices"));
+            if let (false, Some(d)) = (v1_devices, v2_dir.as_ref()) {
+                let mut all = rules.clone();
+                all.extend(super::v1::default_allowed_rules());
+                super::devices_bpf::apply(d, &all)?;
+            }
+        }
         let mut v1_done = std::collections::HashSet::new();
         for (ctrl, file, value) in super::v1::v1_settings(res) {
             if served.contains(v2_equivalent(ctrl)) {

@@ -4,6 +4,7 @@
 //! child of the process's own cgroup in every hierarchy (systemd-delegation style), and every
 //! container cgroup resolves below that root, whatever `cgroupsPath` a bundle asks for.
 
+pub mod devices_bpf;
 mod error;
 mod manager;
 mod membership;

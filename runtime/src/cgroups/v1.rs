@@ -35,6 +35,23 @@ pub const DEFAULT_ALLOWED_DEVICES: &[&str] = &[
     "c 136:* rwm", // pts
 ];
 
+/// [`DEFAULT_ALLOWED_DEVICES`] as OCI rules.
+pub fn default_allowed_rules() -> Vec<LinuxDeviceCgroup> {
+    DEFAULT_ALLOWED_DEVICES
+        .iter()
+        .filter_map(|r| {
+            let mut parts = r.split(' ');
+            let (typ, nums, access) = (parts.next()?, parts.next()?, parts.next()?);
+            let (major, minor) = nums.split_once(':')?;
+            let num = |n: &str| n.parse::<i64>().ok();
+            serde_json::from_value(serde_json::json!({
+                "allow": true, "type": typ, "major": num(major), "minor": num(minor), "access": access,
+            }))
+            .ok()
+        })
+        .collect()
+}
+
 /// The v1 writes for `res`, in the order they must happen.
 pub fn v1_settings(res: &LinuxResources) -> Vec<V1Setting> {
     let mut out: Vec<V1Setting> = Vec::new();
