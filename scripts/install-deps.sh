@@ -19,6 +19,8 @@ PACKAGES=(
     busybox-static    # a static rootfs for containers, and ping for network tests
     user-mode-linux   # the cgroup v2 test tier
     libseccomp-dev    # linux.seccomp is compiled with libseccomp
+    podman            # drives podlet-runc in the compatibility test
+    tar
 )
 
 missing=()
