@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release install test test-unit check-config fmt clippy clean
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime conformance
 
 all: build
 
@@ -40,6 +40,14 @@ test: build
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins
+
+# podlet-runc vs runc with hyperfine (results: docs/benchmarks.md).
+bench-runtime: release
+	./scripts/bench-runtime.sh
+
+# The OCI runtime-tools validation suite; RUNTIME_TOOLS=checkout built with Go (docs/conformance.md).
+conformance: build
+	./scripts/conformance.sh $(RUNTIME_TOOLS)
 
 check-config: build
 	./target/debug/podlet check-config

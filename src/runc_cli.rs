@@ -540,7 +540,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ExitCode {
         cli.command,
         Command::Create { .. } | Command::Run { .. } | Command::Exec(_)
     ) {
-        if let Err(e) = podlet_runtime::sealed_exe::reexec_sealed(&args) {
+        if let Err(e) = podlet_runtime::sealed_exe::reexec_sealed(&args, &cli.root) {
             eprintln!("podlet-runc: {e}");
             return ExitCode::from(1);
         }

@@ -1,7 +1,7 @@
 //! Container operations: the library API behind `podlet-runc` and the rest of podlet.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use oci_spec::runtime::{Hook, LinuxNamespaceType};
 use crate::cgroups::{CgroupError, CgroupRoot, ContainerCgroups};
 use crate::process::channel::{Channel, Message};
 use crate::process::init::{self, InitArgs};
+use crate::process::spawn::{spawn, Placement};
 use crate::spec::{self, SpecError};
 use crate::state::{ContainerState, StateError, StateRoot, Status};
 
@@ -156,7 +157,7 @@ fn short_socket_path(dir_fd: &OwnedFd, name: &str) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}/{name}", dir_fd.as_raw_fd()))
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd> {
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd> {
     let fd = nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -321,6 +322,9 @@ impl Runtime {
                 }
             }
         }
+        let joins_cgroup_ns = join
+            .iter()
+            .any(|(f, _): &(CloneFlags, OwnedFd)| *f == CloneFlags::CLONE_NEWCGROUP);
         let cgroups_path = linux
             .cgroups_path()
             .as_ref()
@@ -343,6 +347,11 @@ impl Runtime {
             uts_ns,
             cgroup_ns,
             no_pivot: opts.no_pivot,
+            host_cgroup2: if cgroup_ns || joins_cgroup_ns {
+                None
+            } else {
+                self.cgroups.unified().map(|h| h.mount_point.clone())
+            },
             preserve_fds: opts.preserve_fds,
             start_listener: Some(listener),
         });
@@ -359,26 +368,23 @@ impl Runtime {
             }
             None => None,
         };
-        let mut stack = vec![0u8; 1 << 20];
-        let cb = Box::new(move || -> isize {
+        let v2_fd = cg.unified_dir().map(open_dir).transpose()?;
+        let cloned = spawn(flags, v2_fd.as_ref().map(|f| f.as_fd()), move || {
             let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
                 return 1;
             };
             init::run(a, c)
         });
-        // SAFETY: the child runs on its own stack in a copy of this single-threaded process
-        // and only returns an exit code (or execs); SIGCHLD lets us wait for it.
-        let cloned = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) };
         if let Some(own) = &own_pid_ns {
             nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
                 .map_err(|e| ContainerError::Sys("return to own pid namespace", e.to_string()))?;
         }
-        let pid = cloned.map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
+        let (pid, placement) = cloned.map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
         cleanup.pid = Some(pid.as_raw());
         if user_ns {
             write_id_maps(pid.as_raw(), &linux)?;
         }
-        cg.add_process(pid.as_raw())?;
+        cg.add_process_placed(pid.as_raw(), placement == Placement::InCgroup)?;
         let mut st = ContainerState {
             oci_version: b.spec.version().clone(),
             id: id.to_string(),
@@ -606,7 +612,19 @@ impl Runtime {
                 what: "cannot update a stopped container",
             });
         }
-        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).apply(res)?)
+        let cgroups_path = spec::load_bundle(&st.bundle)
+            .ok()
+            .and_then(|b| b.spec.linux().clone())
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| id.to_string());
+        let mut cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
+        let result = cg.apply(&self.cgroups, &cgroups_path, res);
+        // Save any cgroup joined on the way, even on failure, so delete removes it.
+        let mut saved = self.state.load(id)?;
+        saved.cgroup_dirs = cg.dirs.iter().map(|(_, d)| d.clone()).collect();
+        self.state.save(&saved)?;
+        Ok(result?)
     }
 
     /// Resource usage in `runc events --stats` shape (the `data` of a stats event).

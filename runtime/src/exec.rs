@@ -1,13 +1,14 @@
 //! `exec`: a new process inside a created or running container.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use crate::cgroups::ContainerCgroups;
-use crate::container::{send_console, send_seccomp_fd, ContainerError, Runtime};
+use crate::container::{open_dir, send_console, send_seccomp_fd, ContainerError, Runtime};
+use crate::process::spawn::{spawn, Placement};
 use crate::process::channel::{Channel, Message};
 use crate::process::exec::{self, ExecArgs};
 use crate::spec;
@@ -108,28 +109,28 @@ impl Runtime {
             }
             None => None,
         };
-        let mut stack = vec![0u8; 1 << 20];
-        let cb = Box::new(move || -> isize {
-            let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
-                return 1;
-            };
-            exec::run(a, c)
-        });
-        // SAFETY: the child runs on its own stack in a copy of this single-threaded process
-        // and only returns an exit code (or execs); SIGCHLD lets us wait for it.
-        let cloned =
-            unsafe { nix::sched::clone(cb, &mut stack, CloneFlags::empty(), Some(libc::SIGCHLD)) };
+        let v2_fd = cg.unified_dir().map(open_dir).transpose()?;
+        let cloned = spawn(
+            CloneFlags::empty(),
+            v2_fd.as_ref().map(|f| f.as_fd()),
+            move || {
+                let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
+                    return 1;
+                };
+                exec::run(a, c)
+            },
+        );
         if let Some(own) = &own_pid_ns {
             nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
                 .map_err(|e| ContainerError::Sys("return to own pid namespace", e.to_string()))?;
         }
-        let pid = cloned.map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
+        let (pid, placement) = cloned.map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
         let kill_child = || {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
         };
         let result = (|| {
-            cg.add_process(pid.as_raw())?;
+            cg.add_process_placed(pid.as_raw(), placement == Placement::InCgroup)?;
             parent_chan
                 .send(&Message::Continue)
                 .map_err(sys("sync with exec child"))?;

@@ -146,12 +146,16 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Options for [`prepare`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct RootfsOptions {
     /// Whether the container has its own user namespace (devices are bind-mounted, not made).
     pub user_namespace: bool,
     /// Use `MS_MOVE` + chroot instead of pivot_root (`--no-pivot`).
     pub no_pivot: bool,
+    /// The runtime's cgroup2 mount, when the container shares the runtime's cgroup namespace:
+    /// a `cgroup` mount then binds it (same content as a fresh mount, which costs a cgroup
+    /// root lookup of tens of milliseconds in the initial cgroup namespace).
+    pub host_cgroup2: Option<PathBuf>,
 }
 
 /// Sets up the rootfs at `rootfs` per `spec` and makes it the process's root: [`mount_all`]
@@ -159,7 +163,7 @@ pub struct RootfsOptions {
 pub fn prepare(
     spec: &Spec,
     rootfs: &Path,
-    opts: RootfsOptions,
+    opts: &RootfsOptions,
     sys: &dyn Syscall,
 ) -> Result<(), RootfsError> {
     mount_all(spec, rootfs, opts, sys)?;
@@ -171,7 +175,7 @@ pub fn prepare(
 pub fn mount_all(
     spec: &Spec,
     rootfs: &Path,
-    opts: RootfsOptions,
+    opts: &RootfsOptions,
     sys: &dyn Syscall,
 ) -> Result<(), RootfsError> {
     let linux = spec.linux().as_ref();
@@ -242,7 +246,20 @@ pub fn mount_all(
             } else {
                 Some(parsed.data.as_str())
             };
-            let mut result = sys.mount(Some(&source), &dest, Some(fstype), parsed.flags, data);
+            let mut result = match (&opts.host_cgroup2, fstype) {
+                (Some(host), "cgroup2") => sys
+                    .mount(Some(host), &dest, None, MsFlags::MS_BIND, None)
+                    .and_then(|_| {
+                        sys.mount(
+                            None,
+                            &dest,
+                            None,
+                            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | parsed.flags,
+                            None,
+                        )
+                    }),
+                _ => sys.mount(Some(&source), &dest, Some(fstype), parsed.flags, data),
+            };
             // sysfs and cgroup2 cannot be mounted fresh in a user namespace without a net/cgroup
             // namespace of its own; bind the host's as runc does.
             if result.is_err() && matches!(fstype, "sysfs" | "cgroup2" | "mqueue") {
@@ -294,7 +311,7 @@ pub fn mount_all(
 pub fn enter(
     spec: &Spec,
     rootfs: &Path,
-    opts: RootfsOptions,
+    opts: &RootfsOptions,
     sys: &dyn Syscall,
 ) -> Result<(), RootfsError> {
     let linux = spec.linux().as_ref();
@@ -571,9 +588,10 @@ mod tests {
         prepare(
             &spec,
             d.path(),
-            RootfsOptions {
+            &RootfsOptions {
                 user_namespace: false,
                 no_pivot: false,
+                host_cgroup2: None,
             },
             &sys,
         )

@@ -131,6 +131,8 @@ impl Env {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // The runtime's own empty overlay layer (sealed_exe), not container state.
+                    .filter(|n| n != ".exe-layer")
                     .collect()
             })
             .unwrap_or_default()

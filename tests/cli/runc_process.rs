@@ -8,7 +8,6 @@ mod runc_env;
 use std::fs;
 use std::io::Read;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use podlet_runtime::process::fdpass::recv_with_fd;
@@ -444,17 +443,25 @@ fn the_runtime_runs_from_a_sealed_copy_of_itself() {
     let out = env.runc(&["create", "--bundle", &b, &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     let pid = state(&env, &id)["pid"].as_i64().unwrap();
-    // The waiting init is still the runtime: its exe must be the sealed memfd, not the file.
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    // The waiting init is still the runtime: its exe must be a read-only view of the binary
+    // (a detached read-only overlay), never the binary file itself.
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe = fs::read_link(&exe_link).unwrap();
+    let real = fs::canonicalize(env!("CARGO_BIN_EXE_podlet")).unwrap();
+    assert_ne!(exe, real, "init runs from the writable binary");
+    let ro = nix::sys::statvfs::statvfs(exe_link.as_str())
+        .unwrap()
+        .flags()
+        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
     assert!(
-        exe.to_string_lossy().starts_with("/memfd:podlet-runc"),
-        "{exe:?}"
+        ro || exe.to_string_lossy().starts_with("/memfd:podlet-runc"),
+        "{exe:?} is neither on a read-only mount nor a sealed memfd"
     );
-    let write = fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/exe"));
+    let write = fs::OpenOptions::new().write(true).open(&exe_link);
     assert!(write.is_err(), "the runtime image was writable");
-    assert!(!Path::new(&exe).exists());
+    // Nothing was mounted in the runtime's (here: the host's) mount namespace for it.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("overlay"), "an overlay appeared in the host's mounts");
 }
 
 #[test]
@@ -514,7 +521,8 @@ fn rootfs_propagation_is_applied_to_the_new_root() {
 
 #[test]
 fn device_rules_limit_what_the_container_may_create_and_open() {
-    // Enforced by the v1 devices controller on this hybrid host.
+    // Enforced by the eBPF device filter on the container's cgroup2 directory (also on this
+    // hybrid host, whose cgroup2 has no controllers: device programs need none).
     let mut env = Env::new();
     env.set_config(|c| {
         c["root"]["readonly"] = json!(false);

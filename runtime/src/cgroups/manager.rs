@@ -158,8 +158,8 @@ fn init_cpuset(h: &HierarchyRoot, dir: &Path) -> Result<(), CgroupError> {
 
 impl ContainerCgroups {
     /// Creates the container's cgroup (`cgroups_path` resolved below podlet's root) in the v2
-    /// hierarchy and in every v1 hierarchy with controllers (hybrid hosts), then applies `res`:
-    /// each setting goes to cgroup v2 when its controller is there, else to v1.
+    /// hierarchy, then applies `res` ([`ContainerCgroups::apply`]), which adds v1 cgroups
+    /// only for settings cgroup v2 cannot take here.
     pub fn create(
         root: &CgroupRoot,
         cgroups_path: &str,
@@ -201,20 +201,8 @@ impl ContainerCgroups {
                     }
                 }
             }
-            for h in root
-                .hierarchies
-                .iter()
-                .filter(|h| h.version == super::CgroupVersion::V1 && !h.controllers.is_empty())
-            {
-                let dir = h.container_dir(cgroups_path)?;
-                h.create_dir(&dir)?;
-                made.dirs.push((h.clone(), dir.clone()));
-                if h.controllers.iter().any(|c| c == "cpuset") {
-                    init_cpuset(h, &dir)?;
-                }
-            }
             match res {
-                Some(r) => made.apply(r),
+                Some(r) => made.apply(root, cgroups_path, r),
                 None => Ok(()),
             }
         })();
@@ -226,8 +214,16 @@ impl ContainerCgroups {
     }
 
     /// Writes `res` to the container's cgroups: v2 files where the v2 controller exists, the v1
-    /// equivalents otherwise. A limit that no hierarchy can take (memory, pids) is an error.
-    pub fn apply(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+    /// equivalents otherwise (joining the container's processes to a v1 hierarchy the first
+    /// time one of its settings appears). Device rules become an eBPF filter whenever there is
+    /// a v2 cgroup, v1 `devices.*` files only without one. A limit that no hierarchy can take
+    /// (memory, pids) is an error.
+    pub fn apply(
+        &mut self,
+        root: &CgroupRoot,
+        cgroups_path: &str,
+        res: &LinuxResources,
+    ) -> Result<(), CgroupError> {
         let v2_dir = self.unified_dir().map(Path::to_path_buf);
         let mut served = std::collections::HashSet::new();
         let mut unserved = Vec::new();
@@ -241,17 +237,38 @@ impl ContainerCgroups {
                 None => unserved.push((ctrl, file)),
             }
         }
-        // Device rules: the v1 devices controller where there is one, else an eBPF filter on
-        // the v2 cgroup.
-        if let Some(rules) = res.devices().as_ref().filter(|r| !r.is_empty()) {
-            let v1_devices = self
-                .dirs
-                .iter()
-                .any(|(h, _)| h.controllers.iter().any(|c| c == "devices"));
-            if let (false, Some(d)) = (v1_devices, v2_dir.as_ref()) {
-                let mut all = rules.clone();
-                all.extend(super::v1::default_allowed_rules());
-                super::devices_bpf::apply(d, &all)?;
+        if let (Some(rules), Some(d)) = (
+            res.devices().as_ref().filter(|r| !r.is_empty()),
+            v2_dir.as_ref(),
+        ) {
+            let mut all = rules.clone();
+            all.extend(super::v1::default_allowed_rules());
+            super::devices_bpf::apply(d, &all)?;
+            served.insert("devices".to_string());
+        }
+        // Join the v1 hierarchies the remaining settings need.
+        let pids = self.pids();
+        for (ctrl, _, _) in super::v1::v1_settings(res) {
+            if served.contains(v2_equivalent(ctrl))
+                || self
+                    .dirs
+                    .iter()
+                    .any(|(h, _)| h.controllers.iter().any(|c| c == ctrl))
+            {
+                continue;
+            }
+            let Some(h) = root.v1_controller(ctrl) else {
+                continue;
+            };
+            let h = h.clone();
+            let dir = h.container_dir(cgroups_path)?;
+            h.create_dir(&dir)?;
+            self.dirs.push((h.clone(), dir.clone()));
+            if h.controllers.iter().any(|c| c == "cpuset") {
+                init_cpuset(&h, &dir)?;
+            }
+            for pid in &pids {
+                write(&dir, "cgroup.procs", &pid.to_string())?;
             }
         }
         let mut v1_done = std::collections::HashSet::new();
@@ -309,6 +326,18 @@ impl ContainerCgroups {
             .iter()
             .map(|(_, d)| d.as_path())
             .find(|d| d.join(file).exists())
+    }
+
+    /// Moves `pid` into the container's cgroups, skipping the v2 one when the process was
+    /// born there (`CLONE_INTO_CGROUP`).
+    pub fn add_process_placed(&self, pid: i32, in_v2: bool) -> Result<(), CgroupError> {
+        for (h, dir) in &self.dirs {
+            if in_v2 && h.version == super::CgroupVersion::V2 {
+                continue;
+            }
+            write(dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
     }
 
     /// Moves `pid` into every cgroup of the container.

@@ -33,6 +33,9 @@ pub struct InitArgs {
     pub cgroup_ns: bool,
     /// `--no-pivot`.
     pub no_pivot: bool,
+    /// The runtime's cgroup2 mount point, set when the container stays in the runtime's
+    /// cgroup namespace (see [`RootfsOptions::host_cgroup2`]).
+    pub host_cgroup2: Option<PathBuf>,
     /// Extra fds (3..3+n) that stay open in the container (`--preserve-fds`).
     pub preserve_fds: i32,
     /// The listening start socket, bound in the state dir by the parent.
@@ -162,10 +165,11 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
     let opts = RootfsOptions {
         user_namespace: args.user_ns,
         no_pivot: args.no_pivot,
+        host_cgroup2: args.host_cgroup2.clone(),
     };
     step(
         "rootfs",
-        rootfs::mount_all(spec, &args.rootfs, opts, &LinuxSyscall),
+        rootfs::mount_all(spec, &args.rootfs, &opts, &LinuxSyscall),
     )?;
     if process.terminal().unwrap_or(false) {
         let (master, slave) = step(
@@ -204,7 +208,7 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
         .map_err(|e| format!("createContainer hook: {e}"))?;
     step(
         "rootfs",
-        rootfs::enter(spec, &args.rootfs, opts, &LinuxSyscall),
+        rootfs::enter(spec, &args.rootfs, &opts, &LinuxSyscall),
     )?;
     if args.uts_ns {
         if let Some(h) = spec.hostname() {
@@ -381,7 +385,7 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
 
 /// Converts an OCI capability set to the `caps` crate's, keeping only capabilities this
 /// kernel knows and the runtime itself may hold (its bounding set): a container never gets
-/// more than the runtime has, and a request for more is trimmed with a warning, not a
+/// more than the runtime has, and a request for more is trimmed (logged at debug level), not a
 /// `capset` failure.
 fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> HashSet<caps::Capability> {
     let supported = caps::runtime::thread_all_supported();
@@ -392,7 +396,7 @@ fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> HashSet<caps::Capab
         .filter(|c| {
             let ok = supported.contains(c) && held.contains(c);
             if !ok {
-                tracing::warn!(capability = %c, "not held by the runtime; left out");
+                tracing::debug!(capability = %c, "not held by the runtime; left out");
             }
             ok
         })
@@ -419,8 +423,17 @@ fn apply_caps(caps: &LinuxCapabilities) -> Result<(), caps::errors::CapsError> {
     )?;
     caps::set(None, caps::CapSet::Effective, &to_caps(caps.effective()))?;
     caps::clear(None, caps::CapSet::Ambient)?;
+    // The kernel only lets a capability be ambient if it is permitted and inheritable; like
+    // runc, others are left out instead of failing the container (logged at debug level: init's
+    // stderr is the container's).
+    let permitted = to_caps(caps.permitted());
+    let inheritable = to_caps(caps.inheritable());
     for c in to_caps(caps.ambient()) {
-        caps::raise(None, caps::CapSet::Ambient, c)?;
+        if permitted.contains(&c) && inheritable.contains(&c) {
+            caps::raise(None, caps::CapSet::Ambient, c)?;
+        } else {
+            tracing::debug!(capability = %c, "ambient needs it permitted and inheritable; left out");
+        }
     }
     Ok(())
 }

@@ -9,3 +9,4 @@ pub mod console;
 pub mod exec;
 pub mod fdpass;
 pub mod init;
+pub mod spawn;
