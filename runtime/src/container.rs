@@ -173,6 +173,16 @@ pub fn run_hooks(hooks: Option<&Vec<Hook>>, state: &ContainerState) -> Result<()
     run_hooks_with_state(hooks, &runc_state_json(state))
 }
 
+/// Runs every hook even when one fails, logging each failure as a warning: the spec's rule for
+/// poststart and poststop hooks.
+pub fn run_hooks_warn(hooks: Option<&Vec<Hook>>, state: &ContainerState) {
+    for hook in hooks.into_iter().flatten() {
+        if let Err(e) = run_hooks(Some(&vec![hook.clone()]), state) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 /// Runs hooks with `state` (the runtime spec's state document) on stdin.
 pub fn run_hooks_with_state(hooks: Option<&Vec<Hook>>, state: &serde_json::Value) -> Result<()> {
     let state_json = serde_json::to_vec(state).unwrap_or_default();
@@ -506,9 +516,7 @@ impl Runtime {
         let spec = spec::load_bundle(&st.bundle).map(|b| b.spec).ok();
         if let Some(hooks) = spec.as_ref().and_then(|s| s.hooks().clone()) {
             // poststart failures are logged, not fatal (runtime spec).
-            if let Err(e) = run_hooks(hooks.poststart().as_ref(), &st) {
-                tracing::warn!("{e}");
-            }
+            run_hooks_warn(hooks.poststart().as_ref(), &st);
         }
         Ok(st)
     }
@@ -557,9 +565,7 @@ impl Runtime {
         stopped.status = Status::Stopped;
         self.state.remove(id)?;
         if let Some(h) = hooks {
-            if let Err(e) = run_hooks(h.poststop().as_ref(), &stopped) {
-                tracing::warn!("{e}");
-            }
+            run_hooks_warn(h.poststop().as_ref(), &stopped);
         }
         Ok(())
     }
