@@ -18,12 +18,12 @@ command -v hyperfine >/dev/null || { echo "bench-runtime: hyperfine missing (apt
 WORK=$(mktemp -d /tmp/podlet-bench.XXXXXX)
 MEMCG=$(awk -F: '$2=="memory"{print $3}' /proc/self/cgroup)
 RUNC_PARENT="$MEMCG/podlet-bench-runc-$$"
-# Candidate cgroup dirs runc may create (parent chain in every v1 hierarchy), and which exist.
+# Candidate cgroup dirs runc may create (parent chain in every hierarchy, cgroup2 included),
+# and which exist already.
 candidates=()
 for h in /sys/fs/cgroup/*/; do
     h=${h%/}
     [ -e "$h/cgroup.procs" ] || continue
-    [ "$(basename "$h")" = unified ] && continue
     p="$h$RUNC_PARENT"
     while [ "$p" != "$h" ]; do candidates+=("$p"); p=$(dirname "$p"); done
 done
@@ -35,6 +35,8 @@ cleanup() {
     # Deepest first; never a directory that existed before.
     printf '%s\n' "${candidates[@]}" | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2- |
     while read -r d; do
+        # runc leaves the container's own cgroup only when it fails; remove its subtree.
+        [ -d "$d/c" ] && rmdir "$d/c" 2>/dev/null
         skip=0
         for e in "${existed[@]}"; do [ "$e" = "$d" ] && skip=1; done
         [ $skip -eq 0 ] && [ -d "$d" ] && rmdir "$d" 2>/dev/null || true

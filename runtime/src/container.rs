@@ -47,6 +47,9 @@ pub enum ContainerError {
         /// What was refused.
         what: &'static str,
     },
+    /// An idmapped mount could not be prepared.
+    #[error(transparent)]
+    Idmap(#[from] crate::idmap::IdmapError),
     /// A hook failed.
     #[error("hook {path}: {reason}")]
     Hook {
@@ -357,6 +360,7 @@ impl Runtime {
             uts_ns,
             cgroup_ns,
             no_pivot: opts.no_pivot,
+            idmaps: crate::idmap::prepare(b.spec.mounts().as_deref().unwrap_or_default())?,
             host_cgroup2: if cgroup_ns || joins_cgroup_ns {
                 None
             } else {

@@ -8,9 +8,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use crate::cgroups::ContainerCgroups;
 use crate::container::{open_dir, send_console, send_seccomp_fd, ContainerError, Runtime};
-use crate::process::spawn::{spawn, Placement};
 use crate::process::channel::{Channel, Message};
 use crate::process::exec::{self, ExecArgs};
+use crate::process::spawn::{spawn, Placement};
 use crate::spec;
 use crate::state::Status;
 

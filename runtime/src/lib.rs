@@ -7,6 +7,7 @@
 pub mod cgroups;
 pub mod container;
 pub mod exec;
+pub mod idmap;
 pub mod kernel_check;
 pub mod mount_options;
 pub mod process;

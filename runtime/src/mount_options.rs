@@ -48,6 +48,8 @@ pub fn parse(options: &[String]) -> MountOptions {
             "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
             "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            // Handled by the idmapped-mount path (crate::idmap), not mount flags.
+            "idmap" | "ridmap" => continue,
             "bind" => {
                 out.bind = true;
                 (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty())

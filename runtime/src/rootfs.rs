@@ -156,6 +156,8 @@ pub struct RootfsOptions {
     /// a `cgroup` mount then binds it (same content as a fresh mount, which costs a cgroup
     /// root lookup of tens of milliseconds in the initial cgroup namespace).
     pub host_cgroup2: Option<PathBuf>,
+    /// Idmapped bind mounts: mount index → (user namespace fd, recursive).
+    pub idmaps: std::collections::HashMap<usize, (std::os::fd::RawFd, bool)>,
 }
 
 /// Sets up the rootfs at `rootfs` per `spec` and makes it the process's root: [`mount_all`]
@@ -204,7 +206,7 @@ pub fn mount_all(
     .map_err(|e| RootfsError::BindRootfs(rootfs.to_path_buf(), e))?;
 
     let mut dev_is_tmpfs = false;
-    for m in spec.mounts().iter().flatten() {
+    for (index, m) in spec.mounts().iter().flatten().enumerate() {
         let opts_list = m.options().clone().unwrap_or_default();
         let parsed = mount_options::parse(&opts_list);
         let dest = secure_join(rootfs, m.destination())?;
@@ -224,8 +226,14 @@ pub fn mount_all(
                 .map_err(|e| mount_err(&source.display().to_string(), &dest, e))?;
             create_target(&dest, src_md.is_dir())?;
             let rec = parsed.flags & MsFlags::MS_REC;
-            sys.mount(Some(&source), &dest, None, MsFlags::MS_BIND | rec, None)
-                .map_err(|e| mount_err(&source.display().to_string(), &dest, e))?;
+            match opts.idmaps.get(&index) {
+                Some((userns, recursive)) => sys
+                    .idmapped_bind(&source, &dest, *userns, *recursive)
+                    .map_err(|e| mount_err("idmapped bind", &dest, e))?,
+                None => sys
+                    .mount(Some(&source), &dest, None, MsFlags::MS_BIND | rec, None)
+                    .map_err(|e| mount_err(&source.display().to_string(), &dest, e))?,
+            }
             let extra = parsed.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
             if !extra.is_empty() {
                 sys.mount(
@@ -592,6 +600,7 @@ mod tests {
                 user_namespace: false,
                 no_pivot: false,
                 host_cgroup2: None,
+                idmaps: Default::default(),
             },
             &sys,
         )

@@ -83,7 +83,10 @@ fn empty_layer(state_root: &Path) -> Result<std::path::PathBuf, SealError> {
 fn open_readonly_view(state_root: &Path) -> Result<File, SealError> {
     let exe = std::fs::read_link("/proc/self/exe").map_err(|e| SealError("exe", e.to_string()))?;
     let (Some(dir), Some(name)) = (exe.parent(), exe.file_name()) else {
-        return Err(SealError("exe", format!("{} has no directory", exe.display())));
+        return Err(SealError(
+            "exe",
+            format!("{} has no directory", exe.display()),
+        ));
     };
     let c = |b: &[u8]| CString::new(b).map_err(|e| SealError("path", e.to_string()));
     let fstype = c(b"overlay")?;
@@ -112,7 +115,10 @@ fn open_readonly_view(state_root: &Path) -> Result<File, SealError> {
         )
     };
     if r < 0 {
-        return Err(SealError("fsconfig lowerdir", std::io::Error::last_os_error().to_string()));
+        return Err(SealError(
+            "fsconfig lowerdir",
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     // SAFETY: FSCONFIG_CMD_CREATE takes no pointers.
     let r = unsafe {
@@ -126,7 +132,10 @@ fn open_readonly_view(state_root: &Path) -> Result<File, SealError> {
         )
     };
     if r < 0 {
-        return Err(SealError("fsconfig create", std::io::Error::last_os_error().to_string()));
+        return Err(SealError(
+            "fsconfig create",
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     // SAFETY: fsmount takes integer arguments and returns a detached mount fd.
     let mnt = sys_fd(

@@ -169,6 +169,12 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<ScmpFilterContext, SeccompError
             LinuxSeccompFilterFlag::SeccompFilterFlagLog => ctx.set_ctl_log(true),
             LinuxSeccompFilterFlag::SeccompFilterFlagTsync => ctx.set_ctl_tsync(true),
             LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => ctx.set_ctl_ssb(true),
+            // Needs libseccomp 2.6 (Debian 12 has 2.5): refuse rather than ignore.
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
+                return Err(SeccompError::Flag(
+                    "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV needs libseccomp >= 2.6".into(),
+                ))
+            }
         }
         .map_err(|e| SeccompError::Flag(format!("{}: {e}", spec_name(flag))))?;
     }

@@ -35,6 +35,14 @@ pub trait Syscall {
         mode: u32,
         dev: u64,
     ) -> nix::Result<()>;
+    /// An idmapped bind mount (open_tree + mount_setattr + move_mount).
+    fn idmapped_bind(
+        &self,
+        source: &Path,
+        target: &Path,
+        userns: std::os::fd::RawFd,
+        recursive: bool,
+    ) -> nix::Result<()>;
 }
 
 /// The real kernel.
@@ -42,6 +50,15 @@ pub trait Syscall {
 pub struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
+    fn idmapped_bind(
+        &self,
+        source: &Path,
+        target: &Path,
+        userns: std::os::fd::RawFd,
+        recursive: bool,
+    ) -> nix::Result<()> {
+        crate::idmap::idmapped_bind(source, target, userns, recursive)
+    }
     fn mount(
         &self,
         source: Option<&Path>,
@@ -102,6 +119,8 @@ pub enum Call {
     Symlink(PathBuf, PathBuf),
     /// mknod(path, mode, dev).
     Mknod(PathBuf, u32, u64),
+    /// idmapped_bind(source, target, recursive).
+    IdmappedBind(PathBuf, PathBuf, bool),
 }
 
 /// A test double that records calls instead of making them.
@@ -112,6 +131,20 @@ pub struct RecordingSyscall {
 }
 
 impl Syscall for RecordingSyscall {
+    fn idmapped_bind(
+        &self,
+        source: &Path,
+        target: &Path,
+        _userns: std::os::fd::RawFd,
+        recursive: bool,
+    ) -> nix::Result<()> {
+        self.calls.borrow_mut().push(Call::IdmappedBind(
+            source.to_path_buf(),
+            target.to_path_buf(),
+            recursive,
+        ));
+        Ok(())
+    }
     fn mount(
         &self,
         source: Option<&Path>,

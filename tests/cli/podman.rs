@@ -20,13 +20,13 @@ fn own_memory_cgroup() -> String {
         .expect("a v1 memory cgroup")
 }
 
-/// The cgroup directories podman may create for `parent` in every v1 hierarchy: the parent
+/// The cgroup directories podman may create for `parent` in every hierarchy: the parent
 /// and the ancestors up to the hierarchy root.
 fn candidate_dirs(parent: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let h = entry.path();
-        if !h.join("cgroup.procs").exists() || h.ends_with("unified") {
+        if !h.join("cgroup.procs").exists() {
             continue;
         }
         let mut p = h.join(parent.trim_start_matches('/'));
@@ -111,7 +111,11 @@ fn podman(dir: &Path, args: &[&str]) -> Output {
 fn podman_runs_a_container_through_podlet_runc() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let podman_parent = format!("{}/podlet-test-podman-{}", own_memory_cgroup(), std::process::id());
+    let podman_parent = format!(
+        "{}/podlet-test-podman-{}",
+        own_memory_cgroup(),
+        std::process::id()
+    );
     let existed = candidate_dirs(&podman_parent)
         .into_iter()
         .filter(|d| d.exists())
@@ -142,8 +146,19 @@ fn podman_runs_a_container_through_podlet_runc() {
         .status()
         .unwrap();
     assert!(st.success());
-    let out = podman(&dir, &["import", tar.to_str().unwrap(), "localhost/podlet-busybox:test"]);
-    assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+    let out = podman(
+        &dir,
+        &[
+            "import",
+            tar.to_str().unwrap(),
+            "localhost/podlet-busybox:test",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let runtime = dir.join("podlet-runc");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_podlet"), &runtime).unwrap();
@@ -165,9 +180,18 @@ fn podman_runs_a_container_through_podlet_runc() {
         podman(&dir, &args)
     };
     let out = run(&["localhost/podlet-busybox:test", "echo", "hi"]);
-    assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     // The container's exit code comes back through conmon and podman.
     let out = run(&["localhost/podlet-busybox:test", "sh", "-c", "exit 7"]);
-    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

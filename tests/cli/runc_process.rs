@@ -461,7 +461,10 @@ fn the_runtime_runs_from_a_sealed_copy_of_itself() {
     assert!(write.is_err(), "the runtime image was writable");
     // Nothing was mounted in the runtime's (here: the host's) mount namespace for it.
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains("overlay"), "an overlay appeared in the host's mounts");
+    assert!(
+        !mounts.contains("overlay"),
+        "an overlay appeared in the host's mounts"
+    );
 }
 
 #[test]
@@ -615,10 +618,57 @@ fn failing_poststart_and_poststop_hooks_warn_and_the_rest_still_run() {
         });
     });
     let (id, _) = started(&mut env, "hookwarn", &["sleep", "1000"]);
-    assert!(d.join("poststart").exists(), "the hook after a failed one did not run");
+    assert!(
+        d.join("poststart").exists(),
+        "the hook after a failed one did not run"
+    );
     let out = env.runc(&["delete", "--force", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("/bin/false"), "no warning: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/bin/false"),
+        "no warning: {}",
+        stderr(&out)
+    );
     assert!(d.join("poststop").exists());
     env.assert_nothing_left("hook warnings");
+}
+
+#[test]
+fn idmapped_bind_mounts_show_mapped_owners() {
+    let mut env = Env::new();
+    let src = env.dir.path().join("idmap-src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("file"), "x").unwrap();
+    let map = json!([{"containerID": 0, "hostID": 1234, "size": 1}]);
+    env.set_config(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": src,
+            "options": ["rbind", "ridmap"], "uidMappings": map, "gidMappings": map,
+        }));
+    });
+    let out = env.run("idmap", &["stat", "-c", "%u:%g", "/data/file", "/data/sub"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["1234:1234", "1234:1234"]
+    );
+    // The source itself is untouched.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(src.join("file")).unwrap().uid(), 0);
+
+    // Mappings for one of uid/gid only are refused before anything is made.
+    env.set_config(|c| {
+        let m = c["mounts"].as_array_mut().unwrap().last_mut().unwrap();
+        m.as_object_mut().unwrap().remove("gidMappings");
+    });
+    env.set_args(&["true"]);
+    let id = env.id("idmap-bad");
+    let b = env.bundle().to_str().unwrap().to_string();
+    let out = env.runc(&["create", "--bundle", &b, &id]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("gidMappings"),
+        "{}",
+        stderr(&out)
+    );
+    env.assert_nothing_left("idmap");
 }

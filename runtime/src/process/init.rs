@@ -36,6 +36,8 @@ pub struct InitArgs {
     /// The runtime's cgroup2 mount point, set when the container stays in the runtime's
     /// cgroup namespace (see [`RootfsOptions::host_cgroup2`]).
     pub host_cgroup2: Option<PathBuf>,
+    /// User namespaces for idmapped mounts: mount index → (fd, recursive).
+    pub idmaps: std::collections::HashMap<usize, (OwnedFd, bool)>,
     /// Extra fds (3..3+n) that stay open in the container (`--preserve-fds`).
     pub preserve_fds: i32,
     /// The listening start socket, bound in the state dir by the parent.
@@ -166,6 +168,11 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
         user_namespace: args.user_ns,
         no_pivot: args.no_pivot,
         host_cgroup2: args.host_cgroup2.clone(),
+        idmaps: args
+            .idmaps
+            .iter()
+            .map(|(i, (fd, rec))| (*i, (fd.as_raw_fd(), *rec)))
+            .collect(),
     };
     step(
         "rootfs",
