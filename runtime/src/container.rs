@@ -303,6 +303,7 @@ impl Runtime {
         let mut uts_ns = false;
         let mut pid_ns_fd = None;
         let mut cgroup_ns = false;
+        let mut time_ns = false;
         for ns in linux.namespaces().iter().flatten() {
             let flag = ns_flag(ns.typ());
             if ns.typ() == LinuxNamespaceType::Uts {
@@ -329,6 +330,9 @@ impl Runtime {
                         // Unshared by init once it sits in its cgroup, so that cgroup is the
                         // namespace's root.
                         cgroup_ns = true;
+                    } else if ns.typ() == LinuxNamespaceType::Time {
+                        // Unshared by init, which sets the clock offsets before entering it.
+                        time_ns = true;
                     } else {
                         flags |= flag;
                     }
@@ -359,6 +363,7 @@ impl Runtime {
             user_ns,
             uts_ns,
             cgroup_ns,
+            time_ns,
             no_pivot: opts.no_pivot,
             idmaps: crate::idmap::prepare(b.spec.mounts().as_deref().unwrap_or_default())?,
             host_cgroup2: if cgroup_ns || joins_cgroup_ns {

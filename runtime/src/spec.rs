@@ -162,6 +162,17 @@ pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
                 "mappings given without a user namespace",
             ));
         }
+        let new_time_ns = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none());
+        if linux.time_offsets().as_ref().is_some_and(|o| !o.is_empty()) && !new_time_ns {
+            return Err(invalid(
+                "linux.timeOffsets",
+                "clock offsets need a new time namespace (a \"time\" entry without a path)",
+            ));
+        }
         if let Some(p) = linux.rootfs_propagation() {
             if ![
                 "",

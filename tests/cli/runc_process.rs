@@ -672,3 +672,67 @@ fn idmapped_bind_mounts_show_mapped_owners() {
     );
     env.assert_nothing_left("idmap");
 }
+
+#[test]
+fn a_time_namespace_gets_its_clock_offsets() {
+    let mut env = Env::new();
+    let year = 365 * 86400;
+    env.set_config(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": year, "nanosecs": 0}});
+    });
+    let out = env.run(
+        "timens",
+        &["sh", "-c", "cat /proc/uptime; readlink /proc/self/ns/time"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let uptime: f64 = text.split_whitespace().next().unwrap().parse().unwrap();
+    let host: f64 = fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        uptime >= year as f64 && uptime < year as f64 + host + 60.0,
+        "{text}"
+    );
+    let host_ns = fs::read_link("/proc/self/ns/time").unwrap();
+    assert_ne!(text.lines().nth(1).unwrap(), host_ns.to_string_lossy());
+    // exec joins the same time namespace.
+    let (id, _) = started(&mut env, "timens-exec", &["sleep", "1000"]);
+    let out = env.runc(&["exec", &id, "cat", "/proc/uptime"]);
+    let up: f64 = stdout(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    assert!(
+        up >= year as f64,
+        "exec outside the time namespace: {}",
+        stdout(&out)
+    );
+    assert!(env.runc(&["delete", "--force", &id]).status.success());
+
+    // Offsets without a time namespace are refused, naming the field.
+    env.set_config(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "time");
+    });
+    env.set_args(&["true"]);
+    let id = env.id("timens-bad");
+    let b = env.bundle().to_str().unwrap().to_string();
+    let out = env.runc(&["create", "--bundle", &b, &id]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("linux.timeOffsets"),
+        "{}",
+        stderr(&out)
+    );
+    env.assert_nothing_left("time namespace");
+}

@@ -31,6 +31,8 @@ pub struct InitArgs {
     pub uts_ns: bool,
     /// Whether to unshare a cgroup namespace (after the parent placed us in our cgroup).
     pub cgroup_ns: bool,
+    /// Whether to make a time namespace (with `linux.timeOffsets`) and enter it.
+    pub time_ns: bool,
     /// `--no-pivot`.
     pub no_pivot: bool,
     /// The runtime's cgroup2 mount point, set when the container stays in the runtime's
@@ -130,6 +132,48 @@ pub fn join_namespaces(join: &[(CloneFlags, OwnedFd)]) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes a time namespace with the spec's clock offsets and moves into it: offsets can only be
+/// written before any process is inside, so unshare (which affects children), write, then
+/// setns to it.
+fn enter_time_namespace(spec: &Spec) -> Result<(), String> {
+    step(
+        "unshare time namespace",
+        nix::sched::unshare(crate::kernel_check::CLONE_NEWTIME),
+    )?;
+    let offsets = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().clone())
+        .unwrap_or_default();
+    let mut text = String::new();
+    for (clock, off) in &offsets {
+        if !matches!(clock.as_str(), "monotonic" | "boottime") {
+            return Err(format!(
+                "linux.timeOffsets: unknown clock {clock:?} (monotonic or boottime)"
+            ));
+        }
+        text.push_str(&format!(
+            "{clock} {} {}\n",
+            off.secs().unwrap_or(0),
+            off.nanosecs().unwrap_or(0)
+        ));
+    }
+    if !text.is_empty() {
+        step(
+            "linux.timeOffsets",
+            std::fs::write("/proc/self/timens_offsets", text),
+        )?;
+    }
+    let ns = step(
+        "open time namespace",
+        std::fs::File::open("/proc/self/ns/time_for_children"),
+    )?;
+    step(
+        "enter time namespace",
+        nix::sched::setns(ns, crate::kernel_check::CLONE_NEWTIME),
+    )
+}
+
 /// Builds the container; returns the state document for startContainer hooks.
 fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
     // Other processes in the container must not reach this process's memory or
@@ -152,6 +196,9 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
             "unshare cgroup namespace",
             nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP),
         )?;
+    }
+    if args.time_ns {
+        enter_time_namespace(&args.spec)?;
     }
     step("setsid", nix::unistd::setsid())?;
     let spec = &args.spec;
