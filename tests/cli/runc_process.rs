@@ -736,3 +736,155 @@ fn a_time_namespace_gets_its_clock_offsets() {
     );
     env.assert_nothing_left("time namespace");
 }
+
+#[test]
+fn spec_settings_reach_the_process() {
+    let mut env = Env::new();
+    env.set_config(|c| {
+        c["hostname"] = json!("podhost");
+        c["domainname"] = json!("poddomain");
+        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+        c["process"]["oomScoreAdj"] = json!(123);
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}]);
+        c["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                          "options": ["nosuid", "size=1m"]}),
+        );
+    });
+    let out = env.run(
+        "settings",
+        &[
+            "sh",
+            "-c",
+            "hostname; cat /proc/sys/kernel/domainname /proc/sys/net/ipv4/ip_forward \
+             /proc/self/oom_score_adj; ulimit -n; ulimit -Hn; grep ' /scratch ' /proc/self/mounts; \
+             touch /proc/sys/kernel/x 2>/dev/null && echo proc-sys-writable; \
+             head -c1 /proc/kcore 2>/dev/null | wc -c",
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..6],
+        ["podhost", "poddomain", "1", "123", "512", "1024"],
+        "{text}"
+    );
+    assert!(
+        lines[6].contains("tmpfs") && lines[6].contains("size=1024k"),
+        "{text}"
+    );
+    assert!(!text.contains("proc-sys-writable"), "{text}");
+    assert_eq!(
+        lines.last().unwrap().trim(),
+        "0",
+        "masked /proc/kcore readable: {text}"
+    );
+}
+
+#[test]
+fn user_namespace_no_pivot_and_preserved_fds() {
+    let mut env = Env::new();
+    // Root in the container is uid 100000 on the host: the rootfs must be reachable and owned
+    // by it, as with any user-namespaced container.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fn chown_tree(p: &std::path::Path) {
+        std::os::unix::fs::lchown(p, Some(100000), Some(100000)).unwrap();
+        if p.is_dir() && !p.is_symlink() {
+            for e in fs::read_dir(p).unwrap().flatten() {
+                chown_tree(&e.path());
+            }
+        }
+    }
+    chown_tree(&env.bundle().join("rootfs"));
+    env.set_config(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
+    let out = env.run("userns", &["sh", "-c", "id -u; cat /proc/self/uid_map"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().next(), Some("0"));
+    assert!(
+        text.split_whitespace()
+            .collect::<Vec<_>>()
+            .ends_with(&["0", "100000", "65536"]),
+        "{text}"
+    );
+
+    // --no-pivot: MS_MOVE + chroot instead of pivot_root; the container still sees its rootfs.
+    env.set_config(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "user");
+        c.as_object_mut().unwrap()["linux"]
+            .as_object_mut()
+            .unwrap()
+            .remove("uidMappings");
+        c.as_object_mut().unwrap()["linux"]
+            .as_object_mut()
+            .unwrap()
+            .remove("gidMappings");
+    });
+    env.set_args(&["ls", "/bin/busybox"]);
+    let id = env.id("nopivot");
+    let b = env.bundle().to_str().unwrap().to_string();
+    let out = env.runc(&["run", "--no-pivot", "--no-new-keyring", "--bundle", &b, &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "/bin/busybox");
+
+    // --preserve-fds 1: fd 3 reaches the container.
+    let target = env.dir.path().join("fd3.txt");
+    let file = fs::File::create(&target).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+    env.set_args(&["sh", "-c", "echo through-fd3 >&3"]);
+    let id = env.id("fds");
+    let mut cmd = env.command(&["run", "--preserve-fds", "1", "--bundle", &b, &id]);
+    // SAFETY: dup2/fcntl in the child before exec: fd 3 without CLOEXEC.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // dup2 onto itself keeps CLOEXEC, so clear it explicitly.
+            if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = run_with_files(cmd, env.dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read_to_string(&target).unwrap(), "through-fd3\n");
+    env.assert_nothing_left("userns/no-pivot/fds");
+}
+
+#[test]
+fn kill_all_signals_every_process_in_the_container() {
+    let mut env = Env::new();
+    let (id, pid) = started(
+        &mut env,
+        "killall",
+        &["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
+    );
+    wait_for(
+        || {
+            serde_json::from_slice::<Vec<i64>>(&env.runc(&["ps", "--format", "json", &id]).stdout)
+                .map(|p| p.len() == 3)
+                .unwrap_or(false)
+        },
+        "three processes",
+    );
+    let out = env.runc(&["kill", "--all", &id, "KILL"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        || state(&env, &id)["status"] == "stopped",
+        "all processes gone",
+    );
+    assert!(podlet_runtime::container::process_start_time(pid as i32).is_none());
+    assert!(env.runc(&["delete", &id]).status.success());
+    env.assert_nothing_left("kill --all");
+}
