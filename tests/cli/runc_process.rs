@@ -358,7 +358,8 @@ fn exec_with_a_terminal_uses_the_console_socket() {
     let (id, _) = started(&mut env, "exectty", &["sleep", "1000"]);
     let sock = env.dir.path().join("exec-console.sock");
     let listener = UnixListener::bind(&sock).unwrap();
-    let console = std::thread::spawn(move || -> String {
+    // The master is handed back open: closing it early would hang up the exec'd shell.
+    let console = std::thread::spawn(move || -> (String, fs::File) {
         let (conn, _) = listener.accept().unwrap();
         let (_, fd) = recv_with_fd(&conn).unwrap();
         let mut master = fs::File::from(fd.expect("pty master attached"));
@@ -370,7 +371,7 @@ fn exec_with_a_terminal_uses_the_console_socket() {
                 Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
             }
         }
-        seen
+        (seen, master)
     });
     let out = env.runc(&[
         "exec",
@@ -382,8 +383,9 @@ fn exec_with_a_terminal_uses_the_console_socket() {
         "-c",
         "test -t 0 && echo in-exec-pty",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(console.join().unwrap().contains("in-exec-pty"));
+    let (seen, _master) = console.join().unwrap();
+    assert!(out.status.success(), "{:?} {}", out.status, stderr(&out));
+    assert!(seen.contains("in-exec-pty"), "{seen:?}");
 }
 
 #[test]
