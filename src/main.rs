@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::kernel_check;
 
+mod image_cli;
+mod run_cli;
 mod runc_cli;
 mod runc_events;
 mod runc_update;
@@ -19,6 +21,12 @@ struct Cli {
     /// Cgroup root, relative to the cgroup podlet was started in (an absolute path must lie below it).
     #[arg(long, global = true, value_name = "PATH")]
     cgroup_root: Option<PathBuf>,
+    /// podlet's data directory (images, layers, container snapshots).
+    #[arg(long, global = true, default_value = podlet_runtime::image::store::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Runtime state of podlet's containers.
+    #[arg(long, global = true, default_value = run_cli::DEFAULT_STATE)]
+    state: PathBuf,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `debug` or `podlet_runtime=trace`.
     #[arg(long, global = true, default_value = "warn", value_name = "FILTER")]
     log_level: String,
@@ -42,6 +50,47 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+    /// Manage images: import, load, ls, rm, prune.
+    #[command(subcommand)]
+    Image(image_cli::ImageCommand),
+    /// List images (same as `image ls`).
+    Images {
+        /// Output format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// Print only image ids.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Remove images (same as `image rm`).
+    Rmi {
+        /// Remove even if containers use it.
+        #[arg(long, short)]
+        force: bool,
+        /// Image names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Run a command in a new container from an image.
+    Run(Box<run_cli::RunArgs>),
+    /// List containers.
+    Ps {
+        /// Also stopped containers.
+        #[arg(long, short)]
+        all: bool,
+        /// Output format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill running containers first.
+        #[arg(long, short)]
+        force: bool,
+        /// Container names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -109,6 +158,36 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.command {
         Command::CheckConfig { format } => check_config(&cli, *format),
+        Command::Image(cmd) => image_cli::run(&cli.root, cmd),
+        Command::Images { format, quiet } => image_cli::run(
+            &cli.root,
+            &image_cli::ImageCommand::Ls {
+                format: format.clone(),
+                quiet: *quiet,
+            },
+        ),
+        Command::Rmi { force, images } => image_cli::run(
+            &cli.root,
+            &image_cli::ImageCommand::Rm {
+                force: *force,
+                images: images.clone(),
+            },
+        ),
+        Command::Run(args) => run_cli::run(&cli.root, &cli.state, cli.cgroup_root.as_deref(), args),
+        Command::Ps { all, format } => run_cli::ps(
+            &cli.root,
+            &cli.state,
+            cli.cgroup_root.as_deref(),
+            *all,
+            format,
+        ),
+        Command::Rm { force, names } => run_cli::rm(
+            &cli.root,
+            &cli.state,
+            cli.cgroup_root.as_deref(),
+            *force,
+            names,
+        ),
     };
     match result {
         Ok(code) => code,

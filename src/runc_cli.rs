@@ -280,6 +280,7 @@ fn create_opts(a: &CreateArgs) -> Result<CreateOptions> {
         no_pivot: a.no_pivot,
         preserve_fds: a.preserve_fds,
         console_socket: a.console_socket.clone(),
+        overlay: None,
     })
 }
 

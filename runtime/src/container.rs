@@ -73,6 +73,8 @@ pub struct CreateOptions {
     pub preserve_fds: i32,
     /// `--console-socket`: where the pty master goes when `process.terminal` is set.
     pub console_socket: Option<PathBuf>,
+    /// overlayfs mount data for an image snapshot rootfs (mounted by init on `root.path`).
+    pub overlay: Option<String>,
 }
 
 /// The runtime context: where state lives and podlet's cgroup root.
@@ -97,7 +99,8 @@ fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
     }
 }
 
-fn now_rfc3339() -> String {
+/// The current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -365,6 +368,7 @@ impl Runtime {
             cgroup_ns,
             time_ns,
             no_pivot: opts.no_pivot,
+            overlay: opts.overlay.clone(),
             idmaps: crate::idmap::prepare(b.spec.mounts().as_deref().unwrap_or_default())?,
             host_cgroup2: if cgroup_ns || joins_cgroup_ns {
                 None

@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod container;
 pub mod exec;
 pub mod idmap;
+pub mod image;
 pub mod kernel_check;
 pub mod mount_options;
 pub mod process;

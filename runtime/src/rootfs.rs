@@ -158,6 +158,9 @@ pub struct RootfsOptions {
     pub host_cgroup2: Option<PathBuf>,
     /// Idmapped bind mounts: mount index → (user namespace fd, recursive).
     pub idmaps: std::collections::HashMap<usize, (std::os::fd::RawFd, bool)>,
+    /// overlayfs mount data: the rootfs is an overlay mounted here, in the container's mount
+    /// namespace (image snapshots), instead of a bind of the bundle's directory.
+    pub overlay: Option<String>,
 }
 
 /// Sets up the rootfs at `rootfs` per `spec` and makes it the process's root: [`mount_all`]
@@ -196,13 +199,22 @@ pub fn mount_all(
     let parent = parent_mount_point(rootfs);
     sys.mount(None, &parent, None, MsFlags::MS_PRIVATE, None)
         .map_err(RootfsError::Propagation)?;
-    sys.mount(
-        Some(rootfs),
-        rootfs,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
+    match &opts.overlay {
+        Some(data) => sys.mount(
+            Some(Path::new("overlay")),
+            rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data),
+        ),
+        None => sys.mount(
+            Some(rootfs),
+            rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        ),
+    }
     .map_err(|e| RootfsError::BindRootfs(rootfs.to_path_buf(), e))?;
 
     let mut dev_is_tmpfs = false;
@@ -601,6 +613,7 @@ mod tests {
                 no_pivot: false,
                 host_cgroup2: None,
                 idmaps: Default::default(),
+                overlay: None,
             },
             &sys,
         )

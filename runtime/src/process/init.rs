@@ -40,6 +40,8 @@ pub struct InitArgs {
     pub host_cgroup2: Option<PathBuf>,
     /// User namespaces for idmapped mounts: mount index → (fd, recursive).
     pub idmaps: std::collections::HashMap<usize, (OwnedFd, bool)>,
+    /// overlayfs data when the rootfs is an image snapshot.
+    pub overlay: Option<String>,
     /// Extra fds (3..3+n) that stay open in the container (`--preserve-fds`).
     pub preserve_fds: i32,
     /// The listening start socket, bound in the state dir by the parent.
@@ -220,6 +222,7 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
             .iter()
             .map(|(i, (fd, rec))| (*i, (fd.as_raw_fd(), *rec)))
             .collect(),
+        overlay: args.overlay.clone(),
     };
     step(
         "rootfs",

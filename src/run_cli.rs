@@ -1,0 +1,536 @@
+//! `podlet run`, `podlet ps`, `podlet rm`: containers from images, for people.
+//!
+//! `run` resolves the image, unpacks its layers once (shared), makes an overlay snapshot for
+//! the container, writes an OCI bundle whose process comes from the image config and the
+//! flags, and drives the runtime library: create, start, wait. The overlay is mounted by the
+//! container's init inside its own mount namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use oci_spec::image::ImageConfiguration;
+use oci_spec::runtime::{Capability, Spec};
+use podlet_runtime::cgroups::CgroupRoot;
+use podlet_runtime::container::{CreateOptions, Runtime};
+use podlet_runtime::image::snapshot::Snapshot;
+use podlet_runtime::image::ImageStore;
+use podlet_runtime::state::{StateRoot, Status};
+use serde_json::{json, Value};
+
+/// `podlet run` flags (docker/podman's).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the container and its snapshot when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Keep stdin attached (otherwise the container reads /dev/null).
+    #[arg(long, short)]
+    interactive: bool,
+    /// Container name (default: a random id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass podlet's value).
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines, # comments).
+    #[arg(long)]
+    env_file: Vec<PathBuf>,
+    /// Bind mount SRC:DST[:ro].
+    #[arg(long = "volume", short = 'v')]
+    volumes: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long = "workdir", short = 'w')]
+    workdir: Option<String>,
+    /// UID[:GID] or user name from the image's /etc/passwd.
+    #[arg(long, short)]
+    user: Option<String>,
+    /// Hostname inside the container.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Network: none (own empty namespace) or host.
+    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    network: String,
+    /// Memory limit (e.g. 64m).
+    #[arg(long, short)]
+    memory: Option<String>,
+    /// CPU limit in cores (e.g. 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Maximum number of processes.
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    /// Mount the root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Add a capability (e.g. NET_ADMIN, or ALL).
+    #[arg(long)]
+    cap_add: Vec<String>,
+    /// Drop a capability (e.g. CHOWN, or ALL).
+    #[arg(long)]
+    cap_drop: Vec<String>,
+    /// Override the image's entrypoint.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Image name or id.
+    image: String,
+    /// Command and arguments (default: the image's Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Capabilities a docker/podman container gets by default.
+const DEFAULT_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// Where podlet's own containers keep runtime state.
+pub const DEFAULT_STATE: &str = "/run/podlet";
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect::<String>()[..12].to_string()
+}
+
+/// Looks `name` up in the image's `/etc/passwd` or `/etc/group` (top layer first).
+fn lookup_id(layers: &[PathBuf], file: &str, name: &str) -> Option<(u32, Option<u32>)> {
+    for layer in layers.iter().rev() {
+        let Ok(text) = std::fs::read_to_string(layer.join("etc").join(file)) else {
+            continue;
+        };
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() >= 3 && f[0] == name {
+                let id = f[2].parse().ok()?;
+                let gid = f.get(3).and_then(|g| g.parse().ok());
+                return Some((id, gid));
+            }
+        }
+        return None;
+    }
+    None
+}
+
+fn resolve_user(spec_user: &str, layers: &[PathBuf]) -> Result<(u32, u32)> {
+    let (u, g) = match spec_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec_user, None),
+    };
+    let (uid, default_gid) = match u.parse::<u32>() {
+        Ok(n) => (n, None),
+        Err(_) => match lookup_id(layers, "passwd", u) {
+            Some((id, gid)) => (id, gid),
+            None => bail!("user {u:?} not found in the image's /etc/passwd"),
+        },
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup_id(layers, "group", g)
+                .map(|(id, _)| id)
+                .with_context(|| format!("group {g:?} not found in the image's /etc/group"))?,
+        },
+        None => default_gid.unwrap_or(uid),
+    };
+    Ok((uid, gid))
+}
+
+fn parse_cap(name: &str) -> Result<String> {
+    let n = name.to_ascii_uppercase();
+    let n = n.strip_prefix("CAP_").unwrap_or(&n).to_string();
+    n.parse::<Capability>()
+        .map_err(|_| anyhow::anyhow!("unknown capability {name:?}"))?;
+    Ok(format!("CAP_{n}"))
+}
+
+fn capabilities(a: &RunArgs) -> Result<Vec<String>> {
+    let all: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|c| format!("CAP_{c}")).collect();
+    for c in &a.cap_drop {
+        if c.eq_ignore_ascii_case("all") {
+            set.clear();
+        } else {
+            let c = parse_cap(c)?;
+            set.retain(|x| *x != c);
+        }
+    }
+    for c in &a.cap_add {
+        if c.eq_ignore_ascii_case("all") {
+            set = all.clone();
+        } else {
+            let c = parse_cap(c)?;
+            if !set.contains(&c) {
+                set.push(c);
+            }
+        }
+    }
+    Ok(set)
+}
+
+fn environment(a: &RunArgs, image_env: &[String]) -> Result<Vec<String>> {
+    let mut env: Vec<String> = image_env.to_vec();
+    let mut set = |kv: String| {
+        let key = kv.split('=').next().unwrap_or("").to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(kv);
+    };
+    for f in &a.env_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("--env-file {}", f.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !line.contains('=') {
+                bail!("--env-file {}:{}: expected KEY=VALUE", f.display(), n + 1);
+            }
+            set(line.to_string());
+        }
+    }
+    for e in &a.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() => set(e.clone()),
+            Some(_) => bail!("--env {e:?}: empty name"),
+            None => {
+                if let Ok(v) = std::env::var(e) {
+                    set(format!("{e}={v}"));
+                }
+            }
+        }
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!(
+            "HOSTNAME={}",
+            a.hostname.clone().unwrap_or_default()
+        ));
+    }
+    Ok(env)
+}
+
+fn parse_volume(v: &str) -> Result<Value> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        _ => bail!("--volume {v:?}: expected SRC:DST[:ro]"),
+    };
+    let src = std::fs::canonicalize(src).with_context(|| format!("--volume {v:?}: source"))?;
+    if !dst.starts_with('/') {
+        bail!("--volume {v:?}: the destination must be absolute");
+    }
+    let mut opts = vec!["rbind", "rprivate"];
+    if ro {
+        opts.push("ro");
+    }
+    Ok(json!({"destination": dst, "type": "bind", "source": src, "options": opts}))
+}
+
+/// Builds the container's OCI config from the image config and the flags.
+fn build_spec(a: &RunArgs, id: &str, cfg: &ImageConfiguration, snap: &Snapshot) -> Result<Value> {
+    let ic = cfg.config().clone().unwrap_or_default();
+    let entrypoint: Vec<String> = match &a.entrypoint {
+        Some(e) if e.is_empty() => vec![],
+        Some(e) => vec![e.clone()],
+        None => ic.entrypoint().clone().unwrap_or_default(),
+    };
+    let cmd: Vec<String> = if !a.command.is_empty() {
+        a.command.clone()
+    } else if a.entrypoint.is_some() {
+        vec![]
+    } else {
+        ic.cmd().clone().unwrap_or_default()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        bail!(
+            "no command: image {} has no Cmd or Entrypoint; give one after the image name",
+            a.image
+        );
+    }
+    let (uid, gid) = match a
+        .user
+        .as_deref()
+        .or(ic.user().as_deref())
+        .filter(|u| !u.is_empty())
+    {
+        Some(u) => resolve_user(u, &snap.layers)?,
+        None => (0, 0),
+    };
+    let hostname = a
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id.chars().take(12).collect());
+    let mut env = environment(a, ic.env().as_deref().unwrap_or_default())?;
+    for e in env.iter_mut() {
+        if e == "HOSTNAME=" {
+            *e = format!("HOSTNAME={hostname}");
+        }
+    }
+    let cwd = a
+        .workdir
+        .clone()
+        .or(ic.working_dir().clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        bail!("--workdir {cwd:?}: must be an absolute path");
+    }
+    let caps = capabilities(a)?;
+    let mut spec = serde_json::to_value(Spec::default())?;
+    spec["root"] = json!({"path": snap.rootfs(), "readonly": a.read_only});
+    spec["hostname"] = json!(hostname);
+    spec["process"] = json!({
+        "terminal": false,
+        "user": {"uid": uid, "gid": gid},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": false,
+    });
+    // Per-container /etc/hostname, /etc/hosts and /etc/resolv.conf.
+    let etc = snap.dir.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
+    std::fs::write(
+        etc.join("hosts"),
+        format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n"),
+    )?;
+    let resolv = if a.network == "host" {
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    std::fs::write(etc.join("resolv.conf"), resolv)?;
+    let mounts = spec["mounts"].as_array_mut().context("default mounts")?;
+    for f in ["hostname", "hosts", "resolv.conf"] {
+        mounts.push(json!({"destination": format!("/etc/{f}"), "type": "bind",
+            "source": etc.join(f), "options": ["bind", "rprivate"]}));
+    }
+    for v in &a.volumes {
+        mounts.push(parse_volume(v)?);
+    }
+    let linux = &mut spec["linux"];
+    if a.network == "host" {
+        if let Some(ns) = linux["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+    }
+    let mut resources = json!({});
+    if let Some(m) = &a.memory {
+        resources["memory"] = json!({"limit": crate::runc_update::parse_bytes(m)?});
+    }
+    if let Some(c) = a.cpus {
+        if c <= 0.0 {
+            bail!("--cpus {c}: must be positive");
+        }
+        resources["cpu"] = json!({"quota": (c * 100_000.0) as i64, "period": 100_000});
+    }
+    if let Some(p) = a.pids_limit {
+        resources["pids"] = json!({"limit": p});
+    }
+    linux["resources"] = resources;
+    linux["cgroupsPath"] = json!(format!("containers/{id}"));
+    Ok(spec)
+}
+
+fn store_and_runtime(
+    root: &Path,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+) -> Result<(ImageStore, Runtime)> {
+    let store = ImageStore::open(root).context("image store")?;
+    let cgroups = CgroupRoot::discover(cgroup_root).context("cgroup root")?;
+    Ok((
+        store,
+        Runtime {
+            state: StateRoot::new(state),
+            cgroups,
+        },
+    ))
+}
+
+/// Forwards the usual termination signals to the container's init while it runs.
+fn forward_signals(pid: i32) -> Result<signal_hook::iterator::Handle> {
+    use signal_hook::consts::*;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s);
+            }
+        }
+    });
+    Ok(handle)
+}
+
+/// `podlet run`.
+pub fn run(root: &Path, state: &Path, cgroup_root: Option<&Path>, a: &RunArgs) -> Result<ExitCode> {
+    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let image = store.resolve(&a.image)?;
+    let id = match &a.name {
+        Some(n) => {
+            podlet_runtime::state::validate_id(n)?;
+            if store.root().join("containers").join(n).exists() {
+                bail!("the container name {n:?} is already in use; remove it with `podlet rm {n}` or choose another");
+            }
+            n.clone()
+        }
+        None => random_id(),
+    };
+    let cfg = store.config(&image.config)?;
+    let layers = store.unpack_layers(&image)?;
+    let snap = Snapshot::create(&store, &id, &image.name, layers)?;
+    let result = run_in_snapshot(&rt, &snap, &id, a, &cfg);
+    if a.rm || result.is_err() {
+        let _ = rt.delete(&id, true);
+        let _ = snap.remove();
+    }
+    result
+}
+
+fn run_in_snapshot(
+    rt: &Runtime,
+    snap: &Snapshot,
+    id: &str,
+    a: &RunArgs,
+    cfg: &ImageConfiguration,
+) -> Result<ExitCode> {
+    let spec = build_spec(a, id, cfg, snap)?;
+    std::fs::write(
+        snap.dir.join("config.json"),
+        serde_json::to_vec_pretty(&spec)?,
+    )?;
+    if !a.interactive {
+        // The container inherits stdin: give it /dev/null unless -i.
+        let null = std::fs::File::open("/dev/null")?;
+        nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
+    }
+    let opts = CreateOptions {
+        overlay: Some(snap.overlay_data()),
+        ..CreateOptions::default()
+    };
+    let st = rt.create(id, &snap.dir, &opts)?;
+    let handle = forward_signals(st.pid)?;
+    rt.start(id)?;
+    let code = rt.wait_child(st.pid);
+    handle.close();
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `podlet ps`.
+pub fn ps(
+    root: &Path,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+    all: bool,
+    format: &str,
+) -> Result<ExitCode> {
+    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let mut rows = Vec::new();
+    for snap in Snapshot::list(&store) {
+        let name = snap
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let status = rt.state(&name).map(|s| s.status).unwrap_or(Status::Stopped);
+        if !all && status != Status::Running && status != Status::Paused {
+            continue;
+        }
+        let command = std::fs::read(snap.dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["process"]["args"].as_array().cloned())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        rows.push(json!({"name": name, "image": snap.image, "command": command, "status": status}));
+    }
+    if format == "json" {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<16} {:<40} {:<30} STATUS", "NAME", "IMAGE", "COMMAND");
+        for r in &rows {
+            println!(
+                "{:<16} {:<40} {:<30} {}",
+                r["name"].as_str().unwrap_or(""),
+                r["image"].as_str().unwrap_or(""),
+                r["command"].as_str().unwrap_or(""),
+                r["status"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `podlet rm`.
+pub fn rm(
+    root: &Path,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+    force: bool,
+    names: &[String],
+) -> Result<ExitCode> {
+    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let mut failed = false;
+    for name in names {
+        let r = (|| -> Result<()> {
+            let snap = Snapshot::open(&store, name)
+                .map_err(|_| anyhow::anyhow!("no such container: {name}"))?;
+            match rt.state(name) {
+                Ok(st) if st.status != Status::Stopped && !force => {
+                    bail!(
+                        "container {name} is {}: stop it first or use --force",
+                        st.status
+                    )
+                }
+                Ok(_) => rt.delete(name, true)?,
+                Err(_) => {}
+            }
+            snap.remove()?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("podlet: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

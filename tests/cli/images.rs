@@ -1,0 +1,251 @@
+//! Host tier: `podlet image import|load`, `images`, `rmi`, `image prune`, and `podlet run`
+//! from an imported busybox image (overlay snapshot mounted inside the container's own mount
+//! namespace), with the image config and the docker-style flags applied.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Podlet {
+    dir: tempfile::TempDir,
+}
+
+impl Podlet {
+    fn new() -> Podlet {
+        Podlet {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_podlet"));
+        c.arg("--root")
+            .arg(self.dir.path().join("data"))
+            .arg("--state")
+            .arg(self.dir.path().join("state"))
+            .arg("--cgroup-root")
+            .arg(format!("podlet-images-test-{}", std::process::id()))
+            .args(args);
+        c
+    }
+
+    /// Runs podlet with stdio in files (a container inherits them).
+    fn run(&self, args: &[&str]) -> Output {
+        let out_p = self.dir.path().join("out");
+        let err_p = self.dir.path().join("err");
+        let status = self
+            .cmd(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(fs::File::create(&out_p).unwrap())
+            .stderr(fs::File::create(&err_p).unwrap())
+            .status()
+            .unwrap();
+        Output {
+            status,
+            stdout: fs::read(&out_p).unwrap(),
+            stderr: fs::read(&err_p).unwrap(),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A busybox root filesystem tar with an /etc/passwd, gzip-compressed.
+fn busybox_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for a in [
+        "sh", "echo", "cat", "ls", "id", "pwd", "touch", "hostname", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    let tar = dir.join("busybox.tar.gz");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-czf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
+#[test]
+fn run_applies_flags_and_keeps_layers_pristine() {
+    let p = Podlet::new();
+    let tar = busybox_tar(p.dir.path());
+    let out = p.run(&["image", "import", tar.to_str().unwrap(), "busybox"]);
+    assert!(out.status.success(), "{}", err(&out));
+    let out = p.run(&["images"]);
+    assert!(
+        text(&out).contains("docker.io/library/busybox") && text(&out).contains("latest"),
+        "{}",
+        text(&out)
+    );
+
+    let vol = p.dir.path().join("vol");
+    fs::create_dir(&vol).unwrap();
+    fs::write(vol.join("in.txt"), "from the host").unwrap();
+    let volume = format!("{}:/data:ro", vol.display());
+    let out = p.run(&[
+        "run", "--rm", "-e", "FOO=bar", "-w", "/tmp", "-u", "nobody", "--hostname", "box",
+        "-v", &volume, "busybox", "sh", "-c",
+        "echo foo=$FOO; pwd; id -u; hostname; cat /data/in.txt; echo; touch /data/x 2>/dev/null || echo ro-volume",
+    ]);
+    assert!(out.status.success(), "{}", err(&out));
+    let lines: Vec<String> = text(&out).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "foo=bar",
+            "/tmp",
+            "65534",
+            "box",
+            "from the host",
+            "ro-volume"
+        ],
+        "{}",
+        err(&out)
+    );
+
+    // The container's exit code is podlet's; writes go to its own upper layer only.
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /bin/made-in-container; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", err(&out));
+    let layers = p.data().join("layers");
+    for layer in fs::read_dir(&layers).unwrap().flatten() {
+        assert!(
+            !layer.path().join("bin/made-in-container").exists(),
+            "a shared layer was written"
+        );
+    }
+    assert_eq!(
+        fs::read_dir(p.data().join("containers")).unwrap().count(),
+        0,
+        "--rm left a snapshot"
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(p.dir.path().to_str().unwrap()),
+        "a mount is visible on the host"
+    );
+
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /x || echo read-only",
+    ]);
+    assert!(
+        text(&out).contains("read-only"),
+        "{}{}",
+        text(&out),
+        err(&out)
+    );
+}
+
+#[test]
+fn named_containers_ps_rm_and_bad_input() {
+    let p = Podlet::new();
+    let tar = busybox_tar(p.dir.path());
+    assert!(p
+        .run(&["image", "import", tar.to_str().unwrap(), "busybox:1"])
+        .status
+        .success());
+    let out = p.run(&["run", "--name", "keep", "busybox:1", "echo", "kept"]);
+    assert!(out.status.success(), "{}", err(&out));
+    assert_eq!(text(&out), "kept\n");
+    let ps = p.run(&["ps", "-a", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(rows[0]["name"], "keep");
+    assert_eq!(rows[0]["status"], "stopped");
+    let dup = p.run(&["run", "--name", "keep", "busybox:1", "true"]);
+    assert!(
+        !dup.status.success() && err(&dup).contains("already in use"),
+        "{}",
+        err(&dup)
+    );
+    let inuse = p.run(&["rmi", "busybox:1"]);
+    assert!(
+        !inuse.status.success() && err(&inuse).contains("in use"),
+        "{}",
+        err(&inuse)
+    );
+    assert!(p.run(&["rm", "keep"]).status.success());
+    let gone = p.run(&["rm", "keep"]);
+    assert!(!gone.status.success() && err(&gone).contains("no such container"));
+
+    for (args, needle) in [
+        (vec!["run", "--rm", "no-such-image"], "not found"),
+        (vec!["run", "--rm", "UPPER:case"], "invalid image reference"),
+        (vec!["image", "import", "/no/such.tar", "x"], "no such file"),
+        (
+            vec!["run", "--rm", "-v", "relative", "busybox:1", "true"],
+            "SRC:DST",
+        ),
+        (
+            vec!["run", "--rm", "-u", "ghost", "busybox:1", "true"],
+            "ghost",
+        ),
+        (vec!["run", "--rm", "busybox:1"], "no command"),
+    ] {
+        let out = p.run(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err(&out).contains(needle), "{args:?}: {}", err(&out));
+    }
+    let not_tar = p.dir.path().join("not.tar");
+    fs::write(&not_tar, "hello").unwrap();
+    let out = p.run(&["image", "import", not_tar.to_str().unwrap(), "junk"]);
+    assert!(
+        !out.status.success() && err(&out).contains("not a tar"),
+        "{}",
+        err(&out)
+    );
+    assert_eq!(
+        fs::read_dir(p.data().join("containers")).unwrap().count(),
+        0
+    );
+
+    // rmi then prune frees the blobs and layers.
+    assert!(p.run(&["rmi", "busybox:1"]).status.success());
+    let out = p.run(&["image", "prune"]);
+    assert!(
+        out.status.success() && text(&out).contains("Removed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fs::read_dir(p.data().join("blobs/sha256")).unwrap().count(),
+        0
+    );
+    assert_eq!(fs::read_dir(p.data().join("layers")).unwrap().count(), 0);
+}
