@@ -249,3 +249,111 @@ fn named_containers_ps_rm_and_bad_input() {
     );
     assert_eq!(fs::read_dir(p.data().join("layers")).unwrap().count(), 0);
 }
+
+/// Removes the host directories podman creates on first use, if the test created them.
+struct PodmanHostDirs(Vec<(PathBuf, bool)>);
+
+impl Drop for PodmanHostDirs {
+    fn drop(&mut self) {
+        for (d, existed) in &self.0 {
+            if !existed {
+                let _ = fs::remove_dir_all(d);
+            }
+        }
+    }
+}
+
+#[test]
+fn loads_oci_layouts_and_docker_archives_that_podman_writes() {
+    let _host = PodmanHostDirs(
+        ["/var/lib/containers", "/run/containers", "/run/libpod"]
+            .iter()
+            .map(|d| (PathBuf::from(d), Path::new(d).exists()))
+            .collect(),
+    );
+    let p = Podlet::new();
+    let tar = busybox_tar(p.dir.path());
+    let pm = p.dir.path().join("podman");
+    // vfs: podman makes no mounts; import/save run no container, so no cgroups either.
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .arg("--root")
+            .arg(pm.join("root"))
+            .arg("--runroot")
+            .arg(pm.join("run"))
+            .arg("--tmpdir")
+            .arg(pm.join("tmp"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+            .args(args)
+            .output()
+            .expect("podman installed");
+        assert!(out.status.success(), "podman {args:?}: {}", err(&out));
+    };
+    podman(&["import", tar.to_str().unwrap(), "localhost/bb:1"]);
+    let saves = [
+        ("oci-archive", p.dir.path().join("oci.tar")),
+        ("docker-archive", p.dir.path().join("docker.tar")),
+        ("oci-dir", p.dir.path().join("ocidir")),
+    ];
+    for (format, path) in &saves {
+        podman(&[
+            "save",
+            "--format",
+            format,
+            "-o",
+            path.to_str().unwrap(),
+            "localhost/bb:1",
+        ]);
+    }
+    for (format, path) in &saves {
+        let out = p.run(&["image", "load", "-i", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{format}: {}", err(&out));
+        assert!(
+            text(&out).contains("localhost/bb:1"),
+            "{format}: {}",
+            text(&out)
+        );
+        let out = p.run(&["run", "--rm", "localhost/bb:1", "echo", format]);
+        assert_eq!(text(&out).trim(), *format, "{}", err(&out));
+    }
+    // A name given on load wins over the archive's.
+    let out = p.run(&[
+        "image",
+        "load",
+        "-i",
+        saves[0].1.to_str().unwrap(),
+        "--name",
+        "mine:v2",
+    ]);
+    assert!(out.status.success(), "{}", err(&out));
+    let out = p.run(&["images", "--format", "json"]);
+    let imgs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = imgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"docker.io/library/mine:v2") && names.contains(&"localhost/bb:1"),
+        "{names:?}"
+    );
+    // Not an image archive at all.
+    let junk = p.dir.path().join("junk.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(p.dir.path())
+        .arg("-cf")
+        .arg(&junk)
+        .arg("rootfs/etc")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = p.run(&["image", "load", "-i", junk.to_str().unwrap()]);
+    assert!(
+        !out.status.success()
+            && err(&out).contains("neither an OCI image layout nor a docker save"),
+        "{}",
+        err(&out)
+    );
+}
