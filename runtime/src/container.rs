@@ -379,30 +379,13 @@ impl Runtime {
             start_listener: Some(listener),
         });
         let mut child_chan = Some(child_chan);
-        // Joining a pid namespace changes this process's pid_for_children; remember ours so a
-        // long-lived caller (the agent) gets it back once the init is cloned.
-        let own_pid_ns = match &pid_ns_fd {
-            Some(fd) => {
-                let own = std::fs::File::open("/proc/self/ns/pid_for_children")
-                    .map_err(|e| ContainerError::Sys("open own pid namespace", e.to_string()))?;
-                nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)
-                    .map_err(|e| ContainerError::Sys("join pid namespace", e.to_string()))?;
-                Some(own)
-            }
-            None => None,
-        };
-        let v2_fd = cg.unified_dir().map(open_dir).transpose()?;
-        let cloned = spawn(flags, v2_fd.as_ref().map(|f| f.as_fd()), move || {
+        let cloned = spawn_child(flags, pid_ns_fd.as_ref(), cg.unified_dir(), move || {
             let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
                 return 1;
             };
             init::run(a, c)
         });
-        if let Some(own) = &own_pid_ns {
-            nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
-                .map_err(|e| ContainerError::Sys("return to own pid namespace", e.to_string()))?;
-        }
-        let (pid, placement) = cloned.map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
+        let (pid, placement) = cloned?;
         cleanup.pid = Some(pid.as_raw());
         if user_ns {
             write_id_maps(pid.as_raw(), &linux)?;
@@ -716,6 +699,38 @@ fn kill_and_wait(st: &ContainerState, cg: &ContainerCgroups) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Forks a container process: in the pid namespace `pid_ns` when given (joined for the fork
+/// only — this process's own pid namespace for children is restored, so a long-lived caller
+/// such as the agent keeps it), born in the cgroup v2 directory `cgroup_dir` when given.
+pub(crate) fn spawn_child(
+    flags: CloneFlags,
+    pid_ns: Option<&OwnedFd>,
+    cgroup_dir: Option<&Path>,
+    child: impl FnOnce() -> isize,
+) -> Result<(Pid, Placement)> {
+    let own_pid_ns = match pid_ns {
+        Some(fd) => {
+            let own = std::fs::File::open("/proc/self/ns/pid_for_children")
+                .map_err(|e| ContainerError::Sys("open own pid namespace", e.to_string()))?;
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)
+                .map_err(|e| ContainerError::Sys("join pid namespace", e.to_string()))?;
+            Some(own)
+        }
+        None => None,
+    };
+    let cgroup = cgroup_dir.map(open_dir).transpose();
+    let cloned = match &cgroup {
+        Ok(fd) => spawn(flags, fd.as_ref().map(|f| f.as_fd()), child)
+            .map_err(|e| ContainerError::Sys("clone", e.to_string())),
+        Err(e) => Err(ContainerError::Sys("open cgroup", e.to_string())),
+    };
+    if let Some(own) = &own_pid_ns {
+        nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
+            .map_err(|e| ContainerError::Sys("return to own pid namespace", e.to_string()))?;
+    }
+    cloned
 }
 
 /// Writes `pid` to `path` atomically (runc's `--pid-file`).

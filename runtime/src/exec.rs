@@ -1,16 +1,16 @@
 //! `exec`: a new process inside a created or running container.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use crate::cgroups::ContainerCgroups;
-use crate::container::{open_dir, send_console, send_seccomp_fd, ContainerError, Runtime};
+use crate::container::{send_console, send_seccomp_fd, spawn_child, ContainerError, Runtime};
 use crate::process::channel::{Channel, Message};
 use crate::process::exec::{self, ExecArgs};
-use crate::process::spawn::{spawn, Placement};
+use crate::process::spawn::Placement;
 use crate::spec;
 use crate::state::Status;
 
@@ -99,20 +99,10 @@ impl Runtime {
             preserve_fds: opts.preserve_fds,
         });
         let mut child_chan = Some(child_chan);
-        let own_pid_ns = match &pid_ns {
-            Some(fd) => {
-                let own = std::fs::File::open("/proc/self/ns/pid_for_children")
-                    .map_err(sys("open own pid namespace"))?;
-                nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)
-                    .map_err(|e| ContainerError::Sys("join pid namespace", e.to_string()))?;
-                Some(own)
-            }
-            None => None,
-        };
-        let v2_fd = cg.unified_dir().map(open_dir).transpose()?;
-        let cloned = spawn(
+        let cloned = spawn_child(
             CloneFlags::empty(),
-            v2_fd.as_ref().map(|f| f.as_fd()),
+            pid_ns.as_ref(),
+            cg.unified_dir(),
             move || {
                 let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
                     return 1;
@@ -120,11 +110,7 @@ impl Runtime {
                 exec::run(a, c)
             },
         );
-        if let Some(own) = &own_pid_ns {
-            nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
-                .map_err(|e| ContainerError::Sys("return to own pid namespace", e.to_string()))?;
-        }
-        let (pid, placement) = cloned.map_err(|e| ContainerError::Sys("clone", e.to_string()))?;
+        let (pid, placement) = cloned?;
         let kill_child = || {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);

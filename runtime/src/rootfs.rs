@@ -119,30 +119,10 @@ fn parent_mount_point(path: &Path) -> PathBuf {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .map(|m| PathBuf::from(crate::cgroups::unescape_mountinfo(m)))
         .filter(|m| path.starts_with(m))
         .max_by_key(|m| m.as_os_str().len())
         .unwrap_or_else(|| PathBuf::from("/"))
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let digits = std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("");
-            if let Ok(v) = u8::from_str_radix(digits, 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Options for [`prepare`].
@@ -564,13 +544,6 @@ fn create_devices(
 mod tests {
     use super::*;
     use crate::syscall::{Call, RecordingSyscall};
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
-    }
 
     #[test]
     fn secure_join_never_leaves_the_root() {

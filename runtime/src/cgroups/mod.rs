@@ -16,6 +16,6 @@ pub mod v1;
 pub use error::CgroupError;
 pub use manager::{v2_settings, ContainerCgroups};
 pub use membership::{parse_proc_cgroup, CgroupMembership};
-pub use mountinfo::{parse_cgroup_mounts, CgroupMount};
+pub use mountinfo::{parse_cgroup_mounts, unescape as unescape_mountinfo, CgroupMount};
 pub use root::{CgroupRoot, CgroupVersion, HierarchyRoot, DEFAULT_CGROUP_ROOT};
 pub use stats::{oom_kills, stats};

@@ -52,7 +52,20 @@ impl Reference {
         let registry = if parts.len() > 1
             && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
         {
-            parts.remove(0).to_string()
+            let host = parts.remove(0);
+            let (h, port) = match host.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (host, None),
+            };
+            let host_ok = !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            let port_ok =
+                port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+            if !host_ok || !port_ok {
+                return Err(bad("registry must be HOST or HOST:PORT"));
+            }
+            host.to_string()
         } else {
             "docker.io".to_string()
         };
