@@ -9,6 +9,7 @@ use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::kernel_check;
 
 mod image_cli;
+mod monitor;
 mod run_cli;
 mod runc_cli;
 mod runc_events;
@@ -82,6 +83,57 @@ enum Command {
         /// Output format.
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
+    },
+    /// Print a detached container's output.
+    Logs {
+        /// Keep printing until the container exits.
+        #[arg(long, short)]
+        follow: bool,
+        /// Container name.
+        name: String,
+    },
+    /// Stop containers: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(long, short, default_value_t = 10)]
+        time: u64,
+        /// Container names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Send a signal to a container.
+    Kill {
+        /// Signal name or number.
+        #[arg(long, short, default_value = "KILL")]
+        signal: String,
+        /// Container name.
+        name: String,
+    },
+    /// Run a command in a running container.
+    Exec {
+        /// Set an environment variable (KEY=VALUE).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Working directory.
+        #[arg(long = "workdir", short = 'w')]
+        workdir: Option<String>,
+        /// Container name.
+        name: String,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show containers' configuration and state as JSON.
+    Inspect {
+        /// Container names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// The per-container monitor (started by `podlet run -d`).
+    #[command(hide = true)]
+    Monitor {
+        /// The container's snapshot directory.
+        dir: PathBuf,
     },
     /// Remove containers.
     Rm {
@@ -181,6 +233,41 @@ fn main() -> ExitCode {
             *all,
             format,
         ),
+        Command::Logs { follow, name } => run_cli::logs(&cli.root, name, *follow),
+        Command::Stop { time, names } => run_cli::stop(
+            &cli.root,
+            &cli.state,
+            cli.cgroup_root.as_deref(),
+            *time,
+            names,
+        ),
+        Command::Kill { signal, name } => run_cli::kill(
+            &cli.root,
+            &cli.state,
+            cli.cgroup_root.as_deref(),
+            signal,
+            name,
+        ),
+        Command::Exec {
+            env,
+            workdir,
+            name,
+            command,
+        } => run_cli::exec(
+            &cli.root,
+            &cli.state,
+            cli.cgroup_root.as_deref(),
+            name,
+            env,
+            workdir.as_deref(),
+            command,
+        ),
+        Command::Inspect { names } => {
+            run_cli::inspect(&cli.root, &cli.state, cli.cgroup_root.as_deref(), names)
+        }
+        Command::Monitor { dir } => {
+            monitor::run(dir).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Command::Rm { force, names } => run_cli::rm(
             &cli.root,
             &cli.state,

@@ -25,6 +25,9 @@ pub struct RunArgs {
     /// Remove the container and its snapshot when it exits.
     #[arg(long)]
     rm: bool,
+    /// Run in the background under a monitor; print the container's name.
+    #[arg(long, short)]
+    detach: bool,
     /// Keep stdin attached (otherwise the container reads /dev/null).
     #[arg(long, short)]
     interactive: bool,
@@ -403,9 +406,20 @@ pub fn run(root: &Path, state: &Path, cgroup_root: Option<&Path>, a: &RunArgs) -
         }
         None => random_id(),
     };
+    if a.detach && a.interactive {
+        bail!("--detach and --interactive cannot be combined");
+    }
     let cfg = store.config(&image.config)?;
     let layers = store.unpack_layers(&image)?;
     let snap = Snapshot::create(&store, &id, &image.name, layers)?;
+    if a.detach {
+        let result = start_detached(&snap, &id, a, &cfg, state, cgroup_root);
+        if result.is_err() {
+            let _ = rt.delete(&id, true);
+            let _ = snap.remove();
+        }
+        return result;
+    }
     let result = run_in_snapshot(&rt, &snap, &id, a, &cfg);
     if a.rm || result.is_err() {
         let _ = rt.delete(&id, true);
@@ -443,6 +457,259 @@ fn run_in_snapshot(
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
+/// Starts the container under `podlet monitor` and returns once it runs (or failed to).
+fn start_detached(
+    snap: &Snapshot,
+    id: &str,
+    a: &RunArgs,
+    cfg: &ImageConfiguration,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+) -> Result<ExitCode> {
+    let spec = build_spec(a, id, cfg, snap)?;
+    std::fs::write(
+        snap.dir.join("config.json"),
+        serde_json::to_vec_pretty(&spec)?,
+    )?;
+    let mcfg = crate::monitor::MonitorConfig {
+        id: id.to_string(),
+        state: state.to_path_buf(),
+        cgroup_root: cgroup_root.map(Path::to_path_buf),
+        remove: a.rm,
+    };
+    std::fs::write(snap.dir.join("monitor.json"), serde_json::to_vec(&mcfg)?)?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let ready_w_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("monitor")
+        .arg(&snap.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid and dup2 are async-signal-safe; the child gets its own session and the
+    // ready pipe as fd 3 (dup2 clears CLOEXEC on the copy).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::dup2(ready_w_raw, crate::monitor::READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start the container monitor")?;
+    drop(ready_w);
+    let mut msg = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(ready_r), &mut msg)?;
+    if msg == "ok" {
+        // The monitor lives on in its own session and is not waited for.
+        drop(child);
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = child.wait();
+    if msg.is_empty() {
+        bail!("the container monitor exited without starting the container");
+    }
+    bail!("{msg}")
+}
+
+fn snapshot_name(snap: &Snapshot) -> String {
+    snap.dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A human status like docker's: `Up`, `Created`, `Exited (3)`.
+fn status_text(rt: &Runtime, snap: &Snapshot) -> (Status, String) {
+    let name = snapshot_name(snap);
+    let status = rt.state(&name).map(|s| s.status).unwrap_or(Status::Stopped);
+    let text = match (status, crate::monitor::exit_record(&snap.dir)) {
+        (Status::Stopped, Some(r)) => format!("Exited ({})", r.exit_code),
+        (Status::Stopped, None) => "Exited".to_string(),
+        (Status::Running, _) => "Up".to_string(),
+        (s, _) => s.to_string(),
+    };
+    (status, text)
+}
+
+fn open_container(store: &ImageStore, name: &str) -> Result<Snapshot> {
+    Snapshot::open(store, name).map_err(|_| anyhow::anyhow!("no such container: {name}"))
+}
+
+/// `podlet logs`: what the monitor recorded; with `follow`, until the container exits.
+pub fn logs(root: &Path, name: &str, follow: bool) -> Result<ExitCode> {
+    let store = ImageStore::open(root).context("image store")?;
+    let snap = open_container(&store, name)?;
+    let path = snap.dir.join("ctr.log");
+    if !snap.dir.join("monitor.json").exists() {
+        bail!("container {name} was not started detached; its output went to the terminal");
+    }
+    let mut offset = 0usize;
+    loop {
+        let done = crate::monitor::exit_record(&snap.dir).is_some();
+        if let Ok(data) = std::fs::read(&path) {
+            let new = &data[offset.min(data.len())..];
+            offset = data.len();
+            let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            for line in new.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                // `<time> <stream> <F|P> <text>`
+                let mut parts = line.splitn(4, |b| *b == b' ');
+                let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
+                let text = parts.next().unwrap_or(b"");
+                let w: &mut dyn std::io::Write = if stream == Some(&b"stderr"[..]) {
+                    &mut err
+                } else {
+                    &mut out
+                };
+                let _ = w.write_all(text);
+                if tag != Some(&b"P"[..]) {
+                    let _ = w.write_all(b"\n");
+                }
+            }
+        }
+        if !follow || done {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `podlet stop`: SIGTERM, then SIGKILL to every process after `timeout` seconds.
+pub fn stop(
+    root: &Path,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+    timeout: u64,
+    names: &[String],
+) -> Result<ExitCode> {
+    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let mut failed = false;
+    for name in names {
+        let r = (|| -> Result<()> {
+            open_container(&store, name)?;
+            if rt.state(name)?.status == Status::Stopped {
+                return Ok(());
+            }
+            let _ = rt.kill(name, nix::sys::signal::Signal::SIGTERM, false);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            while std::time::Instant::now() < deadline {
+                if rt.state(name)?.status == Status::Stopped {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = rt.kill(name, nix::sys::signal::Signal::SIGKILL, true);
+            while rt.state(name)?.status != Status::Stopped {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("podlet: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `podlet kill`.
+pub fn kill(
+    root: &Path,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+    signal: &str,
+    name: &str,
+) -> Result<ExitCode> {
+    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    open_container(&store, name)?;
+    let sig = crate::runc_cli::parse_signal(signal)?;
+    rt.kill(name, sig, false)?;
+    println!("{name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `podlet exec`: a process in a running container, with its environment; its exit code.
+pub fn exec(
+    root: &Path,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+    name: &str,
+    env: &[String],
+    workdir: Option<&str>,
+    command: &[String],
+) -> Result<ExitCode> {
+    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    open_container(&store, name)?;
+    let mut p = rt.base_process(name)?;
+    p.set_args(Some(command.to_vec()));
+    let mut e = p.env().clone().unwrap_or_default();
+    for kv in env {
+        let Some((k, _)) = kv.split_once('=') else {
+            bail!("--env {kv:?}: expected KEY=VALUE");
+        };
+        e.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
+        e.push(kv.clone());
+    }
+    p.set_env(Some(e));
+    if let Some(w) = workdir {
+        p.set_cwd(w.into());
+    }
+    let pid = rt.exec(name, p, &podlet_runtime::exec::ExecOptions::default())?;
+    let code = rt.wait_child(pid);
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `podlet inspect`: the containers' configuration, state and exit record as JSON.
+pub fn inspect(
+    root: &Path,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+    names: &[String],
+) -> Result<ExitCode> {
+    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let mut out = Vec::new();
+    for name in names {
+        let snap = open_container(&store, name)?;
+        let (status, text) = status_text(&rt, &snap);
+        let config: Value = std::fs::read(snap.dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let pid = rt.state(name).map(|s| s.pid).unwrap_or(0);
+        let exit = crate::monitor::exit_record(&snap.dir);
+        out.push(json!({
+            "Name": name,
+            "Image": snap.image,
+            "State": {
+                "Status": status,
+                "Text": text,
+                "Pid": pid,
+                "ExitCode": exit.as_ref().map(|e| e.exit_code),
+                "FinishedAt": exit.as_ref().map(|e| e.finished_at.clone()),
+            },
+            "Config": {
+                "Cmd": config["process"]["args"],
+                "Env": config["process"]["env"],
+                "WorkingDir": config["process"]["cwd"],
+                "Hostname": config["hostname"],
+            },
+            "Rootfs": snap.rootfs(),
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `podlet ps`.
 pub fn ps(
     root: &Path,
@@ -454,12 +721,8 @@ pub fn ps(
     let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
     let mut rows = Vec::new();
     for snap in Snapshot::list(&store) {
-        let name = snap
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let status = rt.state(&name).map(|s| s.status).unwrap_or(Status::Stopped);
+        let name = snapshot_name(&snap);
+        let (status, status_text) = status_text(&rt, &snap);
         if !all && status != Status::Running && status != Status::Paused {
             continue;
         }
@@ -474,7 +737,11 @@ pub fn ps(
                     .join(" ")
             })
             .unwrap_or_default();
-        rows.push(json!({"name": name, "image": snap.image, "command": command, "status": status}));
+        let exit = crate::monitor::exit_record(&snap.dir).map(|r| r.exit_code);
+        rows.push(
+            json!({"name": name, "image": snap.image, "command": command,
+                         "status": status, "statusText": status_text, "exitCode": exit}),
+        );
     }
     if format == "json" {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -486,7 +753,7 @@ pub fn ps(
                 r["name"].as_str().unwrap_or(""),
                 r["image"].as_str().unwrap_or(""),
                 r["command"].as_str().unwrap_or(""),
-                r["status"].as_str().unwrap_or("")
+                r["statusText"].as_str().unwrap_or("")
             );
         }
     }

@@ -224,7 +224,8 @@ struct ExecArgs {
     command: Vec<String>,
 }
 
-fn parse_signal(s: &str) -> Result<Signal> {
+/// Parses `TERM`, `SIGTERM` or `15`.
+pub fn parse_signal(s: &str) -> Result<Signal> {
     if let Ok(n) = s.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| anyhow!("unknown signal {s:?}"));
     }

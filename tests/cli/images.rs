@@ -52,6 +52,23 @@ impl Podlet {
     }
 }
 
+impl Drop for Podlet {
+    /// Removes every container the test left (running ones included), even when it failed.
+    fn drop(&mut self) {
+        let names: Vec<String> = fs::read_dir(self.data().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !names.is_empty() {
+            let mut args = vec!["rm", "--force"];
+            args.extend(names.iter().map(String::as_str));
+            let _ = self.run(&args);
+        }
+    }
+}
+
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -68,7 +85,7 @@ fn busybox_tar(dir: &Path) -> PathBuf {
     fs::create_dir_all(root.join("tmp")).unwrap();
     fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for a in [
-        "sh", "echo", "cat", "ls", "id", "pwd", "touch", "hostname", "true",
+        "sh", "echo", "cat", "ls", "id", "pwd", "touch", "hostname", "true", "sleep",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
     }
@@ -355,5 +372,96 @@ fn loads_oci_layouts_and_docker_archives_that_podman_writes() {
             && err(&out).contains("neither an OCI image layout nor a docker save"),
         "{}",
         err(&out)
+    );
+}
+
+fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn a_detached_container_outlives_the_cli_and_reports_later() {
+    let p = Podlet::new();
+    let tar = busybox_tar(p.dir.path());
+    assert!(p
+        .run(&["image", "import", tar.to_str().unwrap(), "busybox"])
+        .status
+        .success());
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "bg",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; sleep 1; echo more; exit 4",
+    ]);
+    assert!(out.status.success(), "{}", err(&out));
+    assert_eq!(text(&out), "bg\n");
+    // The CLI has exited; the container keeps running under its monitor.
+    let status = |p: &Podlet| -> serde_json::Value {
+        let out = p.run(&["ps", "-a", "--format", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+    };
+    wait_until(|| status(&p)["statusText"] == "Exited (4)", "the exit code");
+    let logs = p.run(&["logs", "bg"]);
+    assert_eq!(text(&logs), "out\nmore\n");
+    assert_eq!(err(&logs), "err\n");
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&p.run(&["inspect", "bg"]).stdout).unwrap();
+    assert_eq!(inspect[0]["State"]["ExitCode"], 4);
+    assert!(p.run(&["rm", "bg"]).status.success());
+
+    // exec and stop on a long-running detached container.
+    let out = p.run(&["run", "-d", "--name", "long", "busybox", "sleep", "100"]);
+    assert!(out.status.success(), "{}", err(&out));
+    let out = p.run(&[
+        "exec",
+        "-e",
+        "X=1",
+        "long",
+        "sh",
+        "-c",
+        "echo in-exec $X; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(text(&out), "in-exec 1\n");
+    let busy = p.run(&["rm", "long"]);
+    assert!(
+        !busy.status.success() && err(&busy).contains("--force"),
+        "{}",
+        err(&busy)
+    );
+    assert!(p.run(&["stop", "-t", "1", "long"]).status.success());
+    assert_eq!(status(&p)["statusText"], "Exited (137)");
+    assert!(p.run(&["rm", "long"]).status.success());
+
+    // --rm with -d: the monitor removes everything after the exit.
+    assert!(p
+        .run(&["run", "-d", "--rm", "--name", "gone", "busybox", "true"])
+        .status
+        .success());
+    wait_until(
+        || !p.data().join("containers/gone").exists(),
+        "the snapshot removal",
+    );
+    // A container that cannot start reports why and leaves nothing.
+    let out = p.run(&["run", "-d", "--name", "bad", "busybox", "/no/such/program"]);
+    assert!(
+        !out.status.success() && err(&out).contains("/no/such/program"),
+        "{}",
+        err(&out)
+    );
+    assert_eq!(
+        fs::read_dir(p.data().join("containers")).unwrap().count(),
+        0
     );
 }
