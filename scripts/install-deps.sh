@@ -20,6 +20,8 @@ PACKAGES=(
     user-mode-linux   # the cgroup v2 test tier
     libseccomp-dev    # linux.seccomp is compiled with libseccomp
     podman            # drives podlet-runc in the compatibility test
+    skopeo            # pushes images to the test registry
+    docker-registry   # a real OCI registry on loopback for pull/push tests
     tar
 )
 

@@ -162,3 +162,56 @@ fn remove_image(store: &ImageStore, name: &str, force: bool) -> Result<ImageReco
     }
     Ok(store.untag(&rec.name)?)
 }
+
+/// Registry flags shared by `pull` and `push`.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Verify TLS (false: plain HTTP, for test registries; loopback registries always are).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// USER:PASSWORD for the registry (or PODLET_REGISTRY_CREDS).
+    #[arg(long)]
+    creds: Option<String>,
+}
+
+fn client(a: &RegistryArgs) -> Result<podlet_runtime::image::registry::RegistryClient> {
+    let creds = a
+        .creds
+        .clone()
+        .or_else(|| std::env::var("PODLET_REGISTRY_CREDS").ok())
+        .map(|c| match c.split_once(':') {
+            Some((u, p)) => Ok((u.to_string(), p.to_string())),
+            None => Err(anyhow::anyhow!("--creds: expected USER:PASSWORD")),
+        })
+        .transpose()?;
+    Ok(podlet_runtime::image::registry::RegistryClient::new(
+        !a.tls_verify,
+        creds,
+    ))
+}
+
+/// `podlet pull REF`.
+pub fn pull(root: &Path, reference: &str, a: &RegistryArgs) -> Result<ExitCode> {
+    let store = ImageStore::open(root).context("image store")?;
+    let r = Reference::parse(reference)?;
+    let rec = client(a)?.pull(&store, &r, &podlet_runtime::image::registry::PlainProgress)?;
+    eprintln!("Pulled {} ({})", rec.name, rec.manifest);
+    println!("{}", rec.config);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `podlet push NAME [DEST]`.
+pub fn push(root: &Path, name: &str, dest: Option<&str>, a: &RegistryArgs) -> Result<ExitCode> {
+    let store = ImageStore::open(root).context("image store")?;
+    let image = store.resolve(name)?;
+    let dest = Reference::parse(dest.unwrap_or(&image.name))?;
+    let digest = client(a)?.push(
+        &store,
+        &image,
+        &dest,
+        &podlet_runtime::image::registry::PlainProgress,
+    )?;
+    eprintln!("Pushed {}", dest.canonical());
+    println!("{digest}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -73,6 +73,22 @@ enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Pull an image from a registry.
+    Pull {
+        #[command(flatten)]
+        registry: image_cli::RegistryArgs,
+        /// Image reference (name[:tag] or name@sha256:…).
+        reference: String,
+    },
+    /// Push an image to a registry.
+    Push {
+        #[command(flatten)]
+        registry: image_cli::RegistryArgs,
+        /// Image name or id.
+        image: String,
+        /// Destination reference (default: the image's name).
+        destination: Option<String>,
+    },
     /// Run a command in a new container from an image.
     Run(Box<run_cli::RunArgs>),
     /// List containers.
@@ -225,6 +241,15 @@ fn main() -> ExitCode {
                 images: images.clone(),
             },
         ),
+        Command::Pull {
+            registry,
+            reference,
+        } => image_cli::pull(&cli.root, reference, registry),
+        Command::Push {
+            registry,
+            image,
+            destination,
+        } => image_cli::push(&cli.root, image, destination.as_deref(), registry),
         Command::Run(args) => run_cli::run(&cli.root, &cli.state, cli.cgroup_root.as_deref(), args),
         Command::Ps { all, format } => run_cli::ps(
             &cli.root,

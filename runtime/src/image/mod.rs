@@ -5,6 +5,7 @@ pub mod digest;
 pub mod import;
 pub mod layer;
 pub mod reference;
+pub mod registry;
 pub mod snapshot;
 pub mod store;
 

@@ -1,0 +1,217 @@
+//! Host tier: pull and push against a real registry — Debian's `docker-registry`, started by
+//! the test on loopback — with skopeo as a second client; errors from the registry and
+//! corrupt blobs are reported and leave nothing stored.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+/// A docker-registry on 127.0.0.1:<free port>, killed (by pid) on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    data: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = dir.join("registry-data");
+        let cfg = dir.join("registry.yml");
+        fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry installed (scripts/install-deps.sh)");
+        let r = Registry { child, port, data };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("docker-registry did not start");
+    }
+
+    fn host(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn podlet(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_podlet"))
+        .arg("--root")
+        .arg(root.join("data"))
+        .arg("--state")
+        .arg(root.join("state"))
+        .arg("--cgroup-root")
+        .arg(format!("podlet-registry-test-{}", std::process::id()))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn busybox_image(root: &Path) {
+    let rootfs = root.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for a in ["sh", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    let tar = root.join("bb.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let o = podlet(root, &["image", "import", tar.to_str().unwrap(), "bb:1"]);
+    assert!(o.status.success(), "{}", err(&o));
+}
+
+#[test]
+fn push_pull_by_tag_and_digest_and_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    busybox_image(&a);
+    let dest = format!("{}/test/bb:1", reg.host());
+    let o = podlet(&a, &["push", "bb:1", &dest]);
+    assert!(o.status.success(), "{}", err(&o));
+    let digest = out(&o).trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    // A second push finds every blob there.
+    let o = podlet(&a, &["push", "bb:1", &dest]);
+    assert!(
+        o.status.success() && err(&o).matches("already present").count() == 2,
+        "{}",
+        err(&o)
+    );
+
+    let o = podlet(&b, &["pull", &dest]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = podlet(&b, &["run", "--rm", &dest, "echo", "by-tag"]);
+    assert_eq!(out(&o), "by-tag\n", "{}", err(&o));
+    let by_digest = format!("{}/test/bb@{digest}", reg.host());
+    let o = podlet(&b, &["pull", &by_digest]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = podlet(&b, &["run", "--rm", &by_digest, "echo", "by-digest"]);
+    assert_eq!(out(&o), "by-digest\n", "{}", err(&o));
+
+    // skopeo pushes (converting to a Docker v2s2 manifest); podlet pulls that and runs it.
+    let o = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+        ])
+        .arg(format!("docker://{dest}"))
+        .arg(format!("docker://{}/test/sk:2", reg.host()))
+        .output()
+        .expect("skopeo installed");
+    assert!(o.status.success(), "skopeo: {}", err(&o));
+    let sk = format!("{}/test/sk:2", reg.host());
+    let o = podlet(&b, &["pull", &sk]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = podlet(&b, &["run", "--rm", &sk, "echo", "via-skopeo"]);
+    assert_eq!(out(&o), "via-skopeo\n", "{}", err(&o));
+}
+
+#[test]
+fn registry_errors_and_corrupt_blobs_store_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let a = tmp.path().join("a");
+    let c = tmp.path().join("c");
+    busybox_image(&a);
+    let dest = format!("{}/test/bb:1", reg.host());
+    assert!(podlet(&a, &["push", "bb:1", &dest]).status.success());
+
+    let o = podlet(&c, &["pull", &format!("{}/test/bb:missing", reg.host())]);
+    assert!(
+        !o.status.success() && err(&o).contains("MANIFEST_UNKNOWN"),
+        "{}",
+        err(&o)
+    );
+    let o = podlet(&c, &["pull", "localhost:1/test/bb:1"]);
+    assert!(
+        !o.status.success() && err(&o).contains("localhost:1"),
+        "{}",
+        err(&o)
+    );
+
+    // Tamper with every layer-sized blob in the registry's storage: the pull must refuse it.
+    let mut tampered = 0;
+    let mut stack = vec![reg.data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "data")
+                && p.metadata().unwrap().len() > 4096
+            {
+                fs::write(&p, b"corrupted layer").unwrap();
+                tampered += 1;
+            }
+        }
+    }
+    assert!(tampered >= 1);
+    let o = podlet(&c, &["pull", &dest]);
+    assert!(!o.status.success(), "a corrupt blob was accepted");
+    assert!(
+        err(&o).contains("digest mismatch") || err(&o).contains("HTTP"),
+        "{}",
+        err(&o)
+    );
+    let blobs = c.join("data/blobs/sha256");
+    let layer_sized: Vec<_> = fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.metadata().unwrap().len() > 4096)
+        .collect();
+    assert!(layer_sized.is_empty(), "a corrupt layer was stored");
+    let o = podlet(&c, &["images", "--format", "json"]);
+    assert_eq!(out(&o).trim(), "[]");
+    assert_eq!(
+        fs::read_dir(c.join("data/tmp")).unwrap().count(),
+        0,
+        "temporary files left"
+    );
+}
