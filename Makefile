@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime conformance
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run conformance
 
 all: build
 
@@ -44,6 +44,10 @@ test-unit:
 # podlet-runc vs runc with hyperfine (results: docs/benchmarks.md).
 bench-runtime: release
 	./scripts/bench-runtime.sh
+
+# podlet run vs podman, podlet pull vs skopeo (results: docs/benchmarks.md).
+bench-run: release
+	./scripts/bench-run.sh
 
 # The OCI runtime-tools validation suite; RUNTIME_TOOLS=checkout built with Go (docs/conformance.md).
 conformance: build

@@ -30,6 +30,7 @@ done
 existed=()
 for d in "${candidates[@]}"; do [ -d "$d" ] && existed+=("$d"); done
 cleanup() {
+    set +e
     "$RUNC" --root "$WORK/runc-state" delete --force bench-r >/dev/null 2>&1 || true
     "$PODLET" --root "$WORK/podlet-state" delete --force bench-p >/dev/null 2>&1 || true
     # Deepest first; never a directory that existed before.
