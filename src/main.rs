@@ -14,6 +14,7 @@ mod run_cli;
 mod runc_cli;
 mod runc_events;
 mod runc_update;
+mod tty;
 
 /// podlet: a Linux container runtime, node agent and small Kubernetes-compatible master.
 #[derive(Debug, Parser)]

@@ -5,6 +5,7 @@
 //! flags, and drives the runtime library: create, start, wait. The overlay is mounted by the
 //! container's init inside its own mount namespace.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -31,6 +32,9 @@ pub struct RunArgs {
     /// Keep stdin attached (otherwise the container reads /dev/null).
     #[arg(long, short)]
     interactive: bool,
+    /// Give the container a terminal (with -i: an interactive shell; resizes follow).
+    #[arg(long, short)]
+    tty: bool,
     /// Container name (default: a random id).
     #[arg(long)]
     name: Option<String>,
@@ -305,7 +309,7 @@ fn build_spec(a: &RunArgs, id: &str, cfg: &ImageConfiguration, snap: &Snapshot) 
     spec["root"] = json!({"path": snap.rootfs(), "readonly": a.read_only});
     spec["hostname"] = json!(hostname);
     spec["process"] = json!({
-        "terminal": false,
+        "terminal": a.tty,
         "user": {"uid": uid, "gid": gid},
         "args": args,
         "env": env,
@@ -376,14 +380,22 @@ fn store_and_runtime(
     ))
 }
 
-/// Forwards the usual termination signals to the container's init while it runs.
-fn forward_signals(pid: i32) -> Result<signal_hook::iterator::Handle> {
+/// Forwards the usual termination signals to the container's init while it runs; with a
+/// pty, SIGWINCH resizes it instead.
+fn forward_signals(pid: i32, pty: Option<i32>) -> Result<signal_hook::iterator::Handle> {
     use signal_hook::consts::*;
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
+    ])?;
     let handle = signals.handle();
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            if sig == SIGWINCH {
+                if let Some(m) = pty {
+                    crate::tty::copy_size(1, m);
+                }
+                continue;
+            }
             if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s);
             }
@@ -406,8 +418,8 @@ pub fn run(root: &Path, state: &Path, cgroup_root: Option<&Path>, a: &RunArgs) -
         }
         None => random_id(),
     };
-    if a.detach && a.interactive {
-        bail!("--detach and --interactive cannot be combined");
+    if a.detach && (a.interactive || a.tty) {
+        bail!("--detach cannot be combined with --interactive or --tty");
     }
     let cfg = store.config(&image.config)?;
     let layers = store.unpack_layers(&image)?;
@@ -445,15 +457,51 @@ fn run_in_snapshot(
         let null = std::fs::File::open("/dev/null")?;
         nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
     }
+    // With -t the runtime hands the pty master to this socket (queued until accepted).
+    let console = if a.tty {
+        let path = snap.dir.join("console.sock");
+        Some((std::os::unix::net::UnixListener::bind(&path)?, path))
+    } else {
+        None
+    };
     let opts = CreateOptions {
         overlay: Some(snap.overlay_data()),
+        console_socket: console.as_ref().map(|(_, p)| p.clone()),
         ..CreateOptions::default()
     };
     let st = rt.create(id, &snap.dir, &opts)?;
-    let handle = forward_signals(st.pid)?;
+    let master = match &console {
+        Some((listener, _)) => {
+            let (conn, _) = listener.accept()?;
+            let (_, fd) = podlet_runtime::process::fdpass::recv_with_fd(&conn)?;
+            Some(fd.context("the runtime sent no terminal")?)
+        }
+        None => None,
+    };
+    let master_raw = master.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    if let Some(m) = master_raw {
+        crate::tty::copy_size(1, m);
+    }
+    let _raw = match (&master, a.interactive) {
+        (Some(_), true) => crate::tty::RawMode::enable(std::io::stdin().as_fd()),
+        _ => None,
+    };
+    let output = match &master {
+        Some(m) => Some(crate::tty::proxy(m, a.interactive)?),
+        None => None,
+    };
+    let handle = forward_signals(st.pid, master_raw)?;
     rt.start(id)?;
     let code = rt.wait_child(st.pid);
     handle.close();
+    drop(master);
+    if let Some(out) = output {
+        // The pty reports EIO once the container's side is gone; allow a moment to drain.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !out.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 

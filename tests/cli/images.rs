@@ -465,3 +465,67 @@ fn a_detached_container_outlives_the_cli_and_reports_later() {
         0
     );
 }
+
+#[test]
+fn an_interactive_terminal_works_and_follows_resizes() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let p = Podlet::new();
+    let tar = busybox_tar(p.dir.path());
+    assert!(p.run(&["image", "import", tar.to_str().unwrap(), "busybox"]).status.success());
+    let size = |rows: u16, cols: u16| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // podlet's own terminal is a pty this test holds the master of.
+    let pty = nix::pty::openpty(Some(&size(24, 80)), None).unwrap();
+    let slave = || std::process::Stdio::from(pty.slave.try_clone().unwrap());
+    let mut child = p
+        .cmd(&["run", "--rm", "-it", "busybox", "sh"])
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .unwrap();
+    let mut master = fs::File::from(pty.master);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        let mut m = master.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let wait_for = |needle: &str| {
+        wait_until(|| seen.lock().unwrap().contains(needle), needle);
+    };
+    master.write_all(b"stty size; echo marker-$((1+2))\n").unwrap();
+    wait_for("marker-3");
+    assert!(seen.lock().unwrap().contains("24 80"), "{}", seen.lock().unwrap());
+    // Resize podlet's terminal: the container's follows.
+    // SAFETY: TIOCSWINSZ reads a live winsize.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size(30, 100)) };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGWINCH,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    master.write_all(b"stty size; echo marker-$((2+2))\n").unwrap();
+    wait_for("marker-4");
+    assert!(seen.lock().unwrap().contains("30 100"), "{}", seen.lock().unwrap());
+    master.write_all(b"exit 7\n").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7), "{}", seen.lock().unwrap());
+    drop(master);
+    drop(pty.slave);
+    let _ = reader.join();
+}
