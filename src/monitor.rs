@@ -30,6 +30,9 @@ pub struct MonitorConfig {
     pub cgroup_root: Option<PathBuf>,
     /// Remove the container and its snapshot when it exits.
     pub remove: bool,
+    /// Published ports (`-p`), proxied by the monitor while the container runs.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 /// How a container ended (`exit.json`).
@@ -125,11 +128,18 @@ pub fn run(snapshot_dir: &Path) -> Result<i32> {
         nix::unistd::dup2(out_w.as_raw_fd(), 1)?;
         nix::unistd::dup2(err_w.as_raw_fd(), 2)?;
         drop((out_w, err_w));
+        let mappings = cfg
+            .ports
+            .iter()
+            .map(|p| podlet_runtime::ports::PortMapping::parse(p))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let bound = podlet_runtime::ports::bind(&mappings)?;
         let opts = CreateOptions {
             overlay: Some(snap.overlay_data()),
             ..CreateOptions::default()
         };
         let st = rt.create(&cfg.id, &snap.dir, &opts)?;
+        bound.forward(PathBuf::from(format!("/proc/{}/ns/net", st.pid)));
         if let Err(e) = rt.start(&cfg.id) {
             let _ = rt.delete(&cfg.id, true);
             return Err(e.into());

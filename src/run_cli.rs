@@ -44,6 +44,9 @@ pub struct RunArgs {
     /// Read environment variables from a file (KEY=VALUE lines, # comments).
     #[arg(long)]
     env_file: Vec<PathBuf>,
+    /// Publish a container port: [IP:]HOSTPORT:PORT[/udp] (a userspace proxy, no iptables).
+    #[arg(long = "publish", short = 'p')]
+    publish: Vec<String>,
     /// Bind mount SRC:DST[:ro].
     #[arg(long = "volume", short = 'v')]
     volumes: Vec<String>,
@@ -418,6 +421,14 @@ pub fn run(root: &Path, state: &Path, cgroup_root: Option<&Path>, a: &RunArgs) -
         }
         None => random_id(),
     };
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| podlet_runtime::ports::PortMapping::parse(p))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if !ports.is_empty() && a.network == "host" {
+        bail!("--publish has no effect with --network host: the container already uses the host's ports");
+    }
     if a.detach && (a.interactive || a.tty) {
         bail!("--detach cannot be combined with --interactive or --tty");
     }
@@ -432,7 +443,7 @@ pub fn run(root: &Path, state: &Path, cgroup_root: Option<&Path>, a: &RunArgs) -
         }
         return result;
     }
-    let result = run_in_snapshot(&rt, &snap, &id, a, &cfg);
+    let result = run_in_snapshot(&rt, &snap, &id, a, &cfg, &ports);
     if a.rm || result.is_err() {
         let _ = rt.delete(&id, true);
         let _ = snap.remove();
@@ -446,8 +457,10 @@ fn run_in_snapshot(
     id: &str,
     a: &RunArgs,
     cfg: &ImageConfiguration,
+    ports: &[podlet_runtime::ports::PortMapping],
 ) -> Result<ExitCode> {
     let spec = build_spec(a, id, cfg, snap)?;
+    let bound = podlet_runtime::ports::bind(ports)?;
     std::fs::write(
         snap.dir.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
@@ -470,6 +483,7 @@ fn run_in_snapshot(
         ..CreateOptions::default()
     };
     let st = rt.create(id, &snap.dir, &opts)?;
+    bound.forward(PathBuf::from(format!("/proc/{}/ns/net", st.pid)));
     let master = match &console {
         Some((listener, _)) => {
             let (conn, _) = listener.accept()?;
@@ -524,6 +538,7 @@ fn start_detached(
         state: state.to_path_buf(),
         cgroup_root: cgroup_root.map(Path::to_path_buf),
         remove: a.rm,
+        ports: a.publish.clone(),
     };
     std::fs::write(snap.dir.join("monitor.json"), serde_json::to_vec(&mcfg)?)?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;

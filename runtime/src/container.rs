@@ -367,6 +367,7 @@ impl Runtime {
             uts_ns,
             cgroup_ns,
             time_ns,
+            new_net_ns: flags.contains(CloneFlags::CLONE_NEWNET),
             no_pivot: opts.no_pivot,
             overlay: opts.overlay.clone(),
             idmaps: crate::idmap::prepare(b.spec.mounts().as_deref().unwrap_or_default())?,

@@ -85,7 +85,8 @@ fn busybox_tar(dir: &Path) -> PathBuf {
     fs::create_dir_all(root.join("tmp")).unwrap();
     fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for a in [
-        "sh", "echo", "cat", "ls", "id", "pwd", "touch", "hostname", "true", "sleep",
+        "sh", "echo", "cat", "ls", "id", "pwd", "touch", "hostname", "true", "sleep", "mkdir",
+        "httpd",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
     }
@@ -472,7 +473,10 @@ fn an_interactive_terminal_works_and_follows_resizes() {
     use std::os::fd::AsRawFd;
     let p = Podlet::new();
     let tar = busybox_tar(p.dir.path());
-    assert!(p.run(&["image", "import", tar.to_str().unwrap(), "busybox"]).status.success());
+    assert!(p
+        .run(&["image", "import", tar.to_str().unwrap(), "busybox"])
+        .status
+        .success());
     let size = |rows: u16, cols: u16| nix::pty::Winsize {
         ws_row: rows,
         ws_col: cols,
@@ -500,16 +504,24 @@ fn an_interactive_terminal_works_and_follows_resizes() {
                 if n == 0 {
                     break;
                 }
-                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         })
     };
     let wait_for = |needle: &str| {
         wait_until(|| seen.lock().unwrap().contains(needle), needle);
     };
-    master.write_all(b"stty size; echo marker-$((1+2))\n").unwrap();
+    master
+        .write_all(b"stty size; echo marker-$((1+2))\n")
+        .unwrap();
     wait_for("marker-3");
-    assert!(seen.lock().unwrap().contains("24 80"), "{}", seen.lock().unwrap());
+    assert!(
+        seen.lock().unwrap().contains("24 80"),
+        "{}",
+        seen.lock().unwrap()
+    );
     // Resize podlet's terminal: the container's follows.
     // SAFETY: TIOCSWINSZ reads a live winsize.
     unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size(30, 100)) };
@@ -519,13 +531,81 @@ fn an_interactive_terminal_works_and_follows_resizes() {
     )
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    master.write_all(b"stty size; echo marker-$((2+2))\n").unwrap();
+    master
+        .write_all(b"stty size; echo marker-$((2+2))\n")
+        .unwrap();
     wait_for("marker-4");
-    assert!(seen.lock().unwrap().contains("30 100"), "{}", seen.lock().unwrap());
+    assert!(
+        seen.lock().unwrap().contains("30 100"),
+        "{}",
+        seen.lock().unwrap()
+    );
     master.write_all(b"exit 7\n").unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(7), "{}", seen.lock().unwrap());
     drop(master);
     drop(pty.slave);
     let _ = reader.join();
+}
+
+#[test]
+fn published_ports_reach_the_container_without_iptables() {
+    use std::io::{Read, Write};
+    let p = Podlet::new();
+    let tar = busybox_tar(p.dir.path());
+    assert!(p
+        .run(&["image", "import", tar.to_str().unwrap(), "busybox"])
+        .status
+        .success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &publish,
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/w && echo hello-port > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w",
+    ]);
+    assert!(out.status.success(), "{}", err(&out));
+    let mut body = String::new();
+    wait_until(
+        || {
+            let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            body.clear();
+            let _ = c.read_to_string(&mut body);
+            body.contains("hello-port")
+        },
+        "the published port",
+    );
+    // The same port twice: the second run fails before anything starts.
+    let out = p.run(&["run", "--rm", "-p", &publish, "busybox", "true"]);
+    assert!(
+        !out.status.success() && err(&out).contains("cannot bind"),
+        "{}",
+        err(&out)
+    );
+    let out = p.run(&["run", "--rm", "-p", "nonsense", "busybox", "true"]);
+    assert!(
+        !out.status.success() && err(&out).contains("--publish"),
+        "{}",
+        err(&out)
+    );
+    assert!(p.run(&["rm", "-f", "web"]).status.success());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the proxy outlived the container"
+    );
 }

@@ -33,6 +33,9 @@ pub struct InitArgs {
     pub cgroup_ns: bool,
     /// Whether to make a time namespace (with `linux.timeOffsets`) and enter it.
     pub time_ns: bool,
+    /// Whether the container has a new network namespace (its loopback is brought up, as
+    /// runc does).
+    pub new_net_ns: bool,
     /// `--no-pivot`.
     pub no_pivot: bool,
     /// The runtime's cgroup2 mount point, set when the container stays in the runtime's
@@ -134,6 +137,34 @@ pub fn join_namespaces(join: &[(CloneFlags, OwnedFd)]) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets `lo` up in the current network namespace.
+fn loopback_up() -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socket returned a new fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        ifr.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the live ifreq.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Makes a time namespace with the spec's clock offsets and moves into it: offsets can only be
 /// written before any process is inside, so unshare (which affects children), write, then
 /// setns to it.
@@ -201,6 +232,9 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
     }
     if args.time_ns {
         enter_time_namespace(&args.spec)?;
+    }
+    if args.new_net_ns {
+        step("bring up loopback", loopback_up())?;
     }
     step("setsid", nix::unistd::setsid())?;
     let spec = &args.spec;
