@@ -194,7 +194,7 @@ fn client(a: &RegistryArgs) -> Result<podlet_runtime::image::registry::RegistryC
 pub fn pull(root: &Path, reference: &str, a: &RegistryArgs) -> Result<ExitCode> {
     let store = ImageStore::open(root).context("image store")?;
     let r = Reference::parse(reference)?;
-    let rec = client(a)?.pull(&store, &r, &podlet_runtime::image::registry::PlainProgress)?;
+    let rec = client(a)?.pull(&store, &r, crate::progress::for_stderr().as_ref())?;
     eprintln!("Pulled {} ({})", rec.name, rec.manifest);
     println!("{}", rec.config);
     Ok(ExitCode::SUCCESS)
@@ -209,7 +209,7 @@ pub fn push(root: &Path, name: &str, dest: Option<&str>, a: &RegistryArgs) -> Re
         &store,
         &image,
         &dest,
-        &podlet_runtime::image::registry::PlainProgress,
+        crate::progress::for_stderr().as_ref(),
     )?;
     eprintln!("Pushed {}", dest.canonical());
     println!("{digest}");

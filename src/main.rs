@@ -10,6 +10,7 @@ use podlet_runtime::kernel_check;
 
 mod image_cli;
 mod monitor;
+mod progress;
 mod run_cli;
 mod runc_cli;
 mod runc_events;

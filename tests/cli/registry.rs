@@ -122,8 +122,36 @@ fn push_pull_by_tag_and_digest_and_run() {
         err(&o)
     );
 
-    let o = podlet(&b, &["pull", &dest]);
-    assert!(o.status.success(), "{}", err(&o));
+    // On a terminal the pull draws progress bars.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_podlet"))
+        .arg("--root")
+        .arg(b.join("data"))
+        .args(["pull", &dest])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(pty.slave))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Everything is buffered in the pty by now (podlet has exited): read until it is empty.
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&pty.master),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut master = fs::File::from(pty.master);
+    let mut screen = String::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        screen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        screen.contains("Copying blob") && screen.contains("done"),
+        "{screen}"
+    );
     let o = podlet(&b, &["run", "--rm", &dest, "echo", "by-tag"]);
     assert_eq!(out(&o), "by-tag\n", "{}", err(&o));
     let by_digest = format!("{}/test/bb@{digest}", reg.host());

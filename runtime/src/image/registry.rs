@@ -17,22 +17,54 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
-/// How far a transfer has got, for progress output.
+/// Reports transfers: progress bars on a terminal, plain lines otherwise.
 pub trait Progress: Sync {
-    /// A blob is being copied (`done` = it was already there or finished).
-    fn blob(&self, digest: &Digest, size: u64, skipped: bool);
+    /// A blob the destination already has.
+    fn skipped(&self, digest: &Digest, size: u64);
+    /// A blob transfer begins; the handle is told about every chunk and the end.
+    fn started(&self, digest: &Digest, size: u64) -> Box<dyn BlobProgress>;
+}
+
+/// One blob's transfer.
+pub trait BlobProgress: Send {
+    /// `n` more bytes moved.
+    fn advance(&self, n: u64);
+    /// The blob is complete and verified.
+    fn done(&self);
 }
 
 /// Prints one plain line per blob (logs, pipes).
 pub struct PlainProgress;
 
+struct PlainBlob(String, u64);
+
+impl BlobProgress for PlainBlob {
+    fn advance(&self, _n: u64) {}
+    fn done(&self) {
+        eprintln!("Copied blob {} ({} bytes)", self.0, self.1);
+    }
+}
+
 impl Progress for PlainProgress {
-    fn blob(&self, digest: &Digest, size: u64, skipped: bool) {
-        if skipped {
-            eprintln!("Blob {} already present", digest.short());
-        } else {
-            eprintln!("Copied blob {} ({size} bytes)", digest.short());
-        }
+    fn skipped(&self, digest: &Digest, _size: u64) {
+        eprintln!("Blob {} already present", digest.short());
+    }
+    fn started(&self, digest: &Digest, size: u64) -> Box<dyn BlobProgress> {
+        Box::new(PlainBlob(digest.short().to_string(), size))
+    }
+}
+
+/// A reader that reports what passes through it.
+struct Counting<'a, R> {
+    inner: R,
+    progress: &'a dyn BlobProgress,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
     }
 }
 
@@ -195,11 +227,15 @@ impl RegistryClient {
             req
         };
         let cached = self.tokens.lock().ok().and_then(|t| t.get(scope).cloned());
-        let call = |auth: Option<&str>| match body {
-            Some(b) => build(auth).send_bytes(b),
-            None => build(auth).call(),
+        // ureq's error is large: box it between the call and the match.
+        let call = |auth: Option<&str>| -> Result<ureq::Response, Box<ureq::Error>> {
+            match body {
+                Some(b) => build(auth).send_bytes(b),
+                None => build(auth).call(),
+            }
+            .map_err(Box::new)
         };
-        match call(cached.as_deref()) {
+        match call(cached.as_deref()).map_err(|e| *e) {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(401, r)) => {
                 let challenge = r.header("www-authenticate").unwrap_or("").to_string();
@@ -207,7 +243,7 @@ impl RegistryClient {
                 if let Ok(mut t) = self.tokens.lock() {
                     t.insert(scope.to_string(), auth.clone());
                 }
-                call(Some(&auth)).map_err(|e| match e {
+                call(Some(&auth)).map_err(|e| match *e {
                     ureq::Error::Status(_, r) => err(url.to_string(), registry_message(r)),
                     e => err(url.to_string(), e.to_string()),
                 })
@@ -297,15 +333,20 @@ impl RegistryClient {
                     let next = queue.lock().ok().and_then(|mut q| q.next());
                     let Some((d, size)) = next else { return };
                     if store.has_blob(&d) {
-                        progress.blob(&d, size, true);
+                        progress.skipped(&d, size);
                         continue;
                     }
                     let url = format!("{}/blobs/{d}", self.base(r));
-                    let res = self
-                        .send("GET", &url, &scope, &[], None)
-                        .and_then(|resp| store.put_blob(resp.into_reader(), Some(&d)));
+                    let bar = progress.started(&d, size);
+                    let res = self.send("GET", &url, &scope, &[], None).and_then(|resp| {
+                        let counted = Counting {
+                            inner: resp.into_reader(),
+                            progress: bar.as_ref(),
+                        };
+                        store.put_blob(counted, Some(&d))
+                    });
                     match res {
-                        Ok(_) => progress.blob(&d, size, false),
+                        Ok(_) => bar.done(),
                         Err(e) => {
                             if let Ok(mut f) = failure.lock() {
                                 f.get_or_insert(e);
@@ -343,7 +384,7 @@ impl RegistryClient {
         for d in blobs {
             let head = self.send("HEAD", &format!("{base}/blobs/{d}"), &scope, &[], None);
             if head.is_ok() {
-                progress.blob(&d, 0, true);
+                progress.skipped(&d, 0);
                 continue;
             }
             let start = self.send(
@@ -365,6 +406,7 @@ impl RegistryClient {
             };
             let sep = if location.contains('?') { '&' } else { '?' };
             let data = store.read_blob(&d)?;
+            let bar = progress.started(&d, data.len() as u64);
             self.send(
                 "PUT",
                 &format!("{location}{sep}digest={d}"),
@@ -372,7 +414,8 @@ impl RegistryClient {
                 &[("Content-Type", "application/octet-stream")],
                 Some(&data),
             )?;
-            progress.blob(&d, data.len() as u64, false);
+            bar.advance(data.len() as u64);
+            bar.done();
         }
         let tag = dest.tag.clone().unwrap_or_else(|| "latest".into());
         self.send(
