@@ -128,19 +128,7 @@ enum Command {
         name: String,
     },
     /// Run a command in a running container.
-    Exec {
-        /// Set an environment variable (KEY=VALUE).
-        #[arg(long = "env", short = 'e')]
-        env: Vec<String>,
-        /// Working directory.
-        #[arg(long = "workdir", short = 'w')]
-        workdir: Option<String>,
-        /// Container name.
-        name: String,
-        /// Command and arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        command: Vec<String>,
-    },
+    Exec(run_cli::ExecArgs),
     /// Show containers' configuration and state as JSON.
     Inspect {
         /// Container names.
@@ -275,20 +263,7 @@ fn main() -> ExitCode {
             signal,
             name,
         ),
-        Command::Exec {
-            env,
-            workdir,
-            name,
-            command,
-        } => run_cli::exec(
-            &cli.root,
-            &cli.state,
-            cli.cgroup_root.as_deref(),
-            name,
-            env,
-            workdir.as_deref(),
-            command,
-        ),
+        Command::Exec(a) => run_cli::exec(&cli.root, &cli.state, cli.cgroup_root.as_deref(), a),
         Command::Inspect { names } => {
             run_cli::inspect(&cli.root, &cli.state, cli.cgroup_root.as_deref(), names)
         }

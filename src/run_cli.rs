@@ -5,7 +5,6 @@
 //! flags, and drives the runtime library: create, start, wait. The overlay is mounted by the
 //! container's init inside its own mount namespace.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -484,37 +483,16 @@ fn run_in_snapshot(
     };
     let st = rt.create(id, &snap.dir, &opts)?;
     bound.forward(PathBuf::from(format!("/proc/{}/ns/net", st.pid)));
-    let master = match &console {
-        Some((listener, _)) => {
-            let (conn, _) = listener.accept()?;
-            let (_, fd) = podlet_runtime::process::fdpass::recv_with_fd(&conn)?;
-            Some(fd.context("the runtime sent no terminal")?)
-        }
+    let session = match &console {
+        Some((listener, _)) => Some(crate::tty::Session::accept(listener, a.interactive)?),
         None => None,
     };
-    let master_raw = master.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    if let Some(m) = master_raw {
-        crate::tty::copy_size(1, m);
-    }
-    let _raw = match (&master, a.interactive) {
-        (Some(_), true) => crate::tty::RawMode::enable(std::io::stdin().as_fd()),
-        _ => None,
-    };
-    let output = match &master {
-        Some(m) => Some(crate::tty::proxy(m, a.interactive)?),
-        None => None,
-    };
-    let handle = forward_signals(st.pid, master_raw)?;
+    let handle = forward_signals(st.pid, session.as_ref().map(|s| s.master_fd()))?;
     rt.start(id)?;
     let code = rt.wait_child(st.pid);
     handle.close();
-    drop(master);
-    if let Some(out) = output {
-        // The pty reports EIO once the container's side is gone; allow a moment to drain.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while !out.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+    if let Some(s) = session {
+        s.finish();
     }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
@@ -701,20 +679,41 @@ pub fn kill(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `podlet exec` flags.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep stdin attached.
+    #[arg(long, short)]
+    interactive: bool,
+    /// Give the process a terminal.
+    #[arg(long, short)]
+    tty: bool,
+    /// Set an environment variable (KEY=VALUE).
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Working directory.
+    #[arg(long = "workdir", short = 'w')]
+    workdir: Option<String>,
+    /// Container name.
+    name: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
 /// `podlet exec`: a process in a running container, with its environment; its exit code.
 pub fn exec(
     root: &Path,
     state: &Path,
     cgroup_root: Option<&Path>,
-    name: &str,
-    env: &[String],
-    workdir: Option<&str>,
-    command: &[String],
+    a: &ExecArgs,
 ) -> Result<ExitCode> {
+    let (name, env, workdir) = (&a.name, &a.env, a.workdir.as_deref());
     let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
-    open_container(&store, name)?;
+    let snap = open_container(&store, name)?;
     let mut p = rt.base_process(name)?;
-    p.set_args(Some(command.to_vec()));
+    p.set_args(Some(a.command.clone()));
+    p.set_terminal(Some(a.tty));
     let mut e = p.env().clone().unwrap_or_default();
     for kv in env {
         let Some((k, _)) = kv.split_once('=') else {
@@ -727,9 +726,39 @@ pub fn exec(
     if let Some(w) = workdir {
         p.set_cwd(w.into());
     }
-    let pid = rt.exec(name, p, &podlet_runtime::exec::ExecOptions::default())?;
-    let code = rt.wait_child(pid);
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    if !a.interactive {
+        let null = std::fs::File::open("/dev/null")?;
+        nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
+    }
+    let console = if a.tty {
+        let path = snap.dir.join(format!("exec-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Some((std::os::unix::net::UnixListener::bind(&path)?, path))
+    } else {
+        None
+    };
+    let opts = podlet_runtime::exec::ExecOptions {
+        console_socket: console.as_ref().map(|(_, p)| p.clone()),
+        ..Default::default()
+    };
+    let result = (|| -> Result<ExitCode> {
+        let pid = rt.exec(name, p, &opts)?;
+        let session = match &console {
+            Some((listener, _)) => Some(crate::tty::Session::accept(listener, a.interactive)?),
+            None => None,
+        };
+        let handle = forward_signals(pid, session.as_ref().map(|s| s.master_fd()))?;
+        let code = rt.wait_child(pid);
+        handle.close();
+        if let Some(s) = session {
+            s.finish();
+        }
+        Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    })();
+    if let Some((_, path)) = &console {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 /// `podlet inspect`: the containers' configuration, state and exit record as JSON.

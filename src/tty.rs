@@ -78,3 +78,51 @@ pub fn proxy(master: &OwnedFd, input: bool) -> std::io::Result<std::thread::Join
         }
     }))
 }
+
+/// A container terminal attached to this one: the pty master received on the console
+/// socket, raw mode (with input), the output copier.
+pub struct Session {
+    master: OwnedFd,
+    output: std::thread::JoinHandle<()>,
+    _raw: Option<RawMode>,
+}
+
+impl Session {
+    /// Accepts the runtime's connection on `listener`, takes the pty master it sends, copies
+    /// this terminal's size to it and starts proxying (stdin too with `interactive`).
+    pub fn accept(
+        listener: &std::os::unix::net::UnixListener,
+        interactive: bool,
+    ) -> std::io::Result<Session> {
+        let (conn, _) = listener.accept()?;
+        let (_, fd) = podlet_runtime::process::fdpass::recv_with_fd(&conn)?;
+        let master = fd.ok_or_else(|| std::io::Error::other("the runtime sent no terminal"))?;
+        copy_size(1, master.as_raw_fd());
+        let raw = if interactive {
+            RawMode::enable(std::io::stdin().as_fd())
+        } else {
+            None
+        };
+        let output = proxy(&master, interactive)?;
+        Ok(Session {
+            master,
+            output,
+            _raw: raw,
+        })
+    }
+
+    /// The master's fd (for resizing on SIGWINCH).
+    pub fn master_fd(&self) -> RawFd {
+        self.master.as_raw_fd()
+    }
+
+    /// Lets the output drain (the pty reports EIO once the container side is gone, allow two
+    /// seconds), then restores the terminal.
+    pub fn finish(self) {
+        drop(self.master);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !self.output.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

@@ -609,3 +609,97 @@ fn published_ports_reach_the_container_without_iptables() {
         "the proxy outlived the container"
     );
 }
+
+#[test]
+fn exec_it_signals_and_a_full_disk() {
+    use std::io::{Read, Write};
+    let p = Podlet::new();
+    let tar = busybox_tar(p.dir.path());
+    assert!(p
+        .run(&["image", "import", tar.to_str().unwrap(), "busybox"])
+        .status
+        .success());
+
+    // exec -it: an interactive shell in a running container, on a pty this test holds.
+    assert!(p
+        .run(&["run", "-d", "--name", "box", "busybox", "sleep", "100"])
+        .status
+        .success());
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = || std::process::Stdio::from(pty.slave.try_clone().unwrap());
+    let mut child = p
+        .cmd(&["exec", "-it", "box", "sh"])
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .unwrap();
+    let mut master = fs::File::from(pty.master);
+    master
+        .write_all(b"test -t 0 && echo tty-$((3*3)); exit 6\n")
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(6));
+    drop(pty.slave);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if seen.contains("tty-9") {
+            break;
+        }
+    }
+    assert!(seen.contains("tty-9"), "{seen}");
+    assert!(p.run(&["rm", "-f", "box"]).status.success());
+
+    // SIGTERM to a foreground `podlet run` reaches the container.
+    let mut run = p
+        .cmd(&[
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = run.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(run.wait().unwrap().code(), Some(9));
+    assert!(rest.contains("got-term"), "{rest}");
+
+    // A full disk: importing into a 64 KiB store fails clearly and stores nothing. The small
+    // filesystem is a tmpfs in a mount namespace of this test's own.
+    let small = p.dir.path().join("small");
+    fs::create_dir(&small).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs {s} && {podlet} --root {s}/data image import {tar} big; echo rc=$?; ls {s}/data/blobs/sha256 | wc -l; ls {s}/data/tmp | wc -l",
+        s = small.display(),
+        podlet = env!("CARGO_BIN_EXE_podlet"),
+        tar = tar.display()
+    );
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let all = text(&o) + &err(&o);
+    assert!(all.contains("No space left on device"), "{all}");
+    assert!(all.contains("rc=1"), "{all}");
+    let stdout = text(&o);
+    let counts: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("rc=")).collect();
+    assert_eq!(counts, ["0", "0"], "blobs or temporary files left: {all}");
+}
