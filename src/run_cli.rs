@@ -627,40 +627,25 @@ pub fn stop(
     names: &[String],
 ) -> Result<ExitCode> {
     let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
-    let mut failed = false;
-    for name in names {
-        let r = (|| -> Result<()> {
-            open_container(&store, name)?;
+    Ok(for_each_name(names, |name| {
+        open_container(&store, name)?;
+        if rt.state(name)?.status == Status::Stopped {
+            return Ok(());
+        }
+        let _ = rt.kill(name, nix::sys::signal::Signal::SIGTERM, false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+        while std::time::Instant::now() < deadline {
             if rt.state(name)?.status == Status::Stopped {
                 return Ok(());
             }
-            let _ = rt.kill(name, nix::sys::signal::Signal::SIGTERM, false);
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
-            while std::time::Instant::now() < deadline {
-                if rt.state(name)?.status == Status::Stopped {
-                    return Ok(());
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            let _ = rt.kill(name, nix::sys::signal::Signal::SIGKILL, true);
-            while rt.state(name)?.status != Status::Stopped {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Ok(())
-        })();
-        match r {
-            Ok(()) => println!("{name}"),
-            Err(e) => {
-                eprintln!("podlet: {e:#}");
-                failed = true;
-            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+        let _ = rt.kill(name, nix::sys::signal::Signal::SIGKILL, true);
+        while rt.state(name)?.status != Status::Stopped {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }))
 }
 
 /// `podlet kill`.
@@ -861,25 +846,29 @@ pub fn rm(
     names: &[String],
 ) -> Result<ExitCode> {
     let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    Ok(for_each_name(names, |name| {
+        let snap = open_container(&store, name)?;
+        match rt.state(name) {
+            Ok(st) if st.status != Status::Stopped && !force => {
+                bail!(
+                    "container {name} is {}: stop it first or use --force",
+                    st.status
+                )
+            }
+            Ok(_) => rt.delete(name, true)?,
+            Err(_) => {}
+        }
+        snap.remove()?;
+        Ok(())
+    }))
+}
+
+/// Runs `f` for every name, printing the name on success and the error otherwise (like
+/// docker's multi-container commands); exit 1 if any failed.
+fn for_each_name(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> ExitCode {
     let mut failed = false;
     for name in names {
-        let r = (|| -> Result<()> {
-            let snap = Snapshot::open(&store, name)
-                .map_err(|_| anyhow::anyhow!("no such container: {name}"))?;
-            match rt.state(name) {
-                Ok(st) if st.status != Status::Stopped && !force => {
-                    bail!(
-                        "container {name} is {}: stop it first or use --force",
-                        st.status
-                    )
-                }
-                Ok(_) => rt.delete(name, true)?,
-                Err(_) => {}
-            }
-            snap.remove()?;
-            Ok(())
-        })();
-        match r {
+        match f(name) {
             Ok(()) => println!("{name}"),
             Err(e) => {
                 eprintln!("podlet: {e:#}");
@@ -887,9 +876,9 @@ pub fn rm(
             }
         }
     }
-    Ok(if failed {
+    if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }

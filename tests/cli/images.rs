@@ -69,6 +69,15 @@ impl Drop for Podlet {
     }
 }
 
+/// A fresh podlet root with the busybox image imported as `busybox`.
+fn with_busybox() -> (Podlet, PathBuf) {
+    let p = Podlet::new();
+    let tar = busybox_tar(p.dir.path());
+    let out = p.run(&["image", "import", tar.to_str().unwrap(), "busybox"]);
+    assert!(out.status.success(), "{}", err(&out));
+    (p, tar)
+}
+
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -389,12 +398,7 @@ fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
 
 #[test]
 fn a_detached_container_outlives_the_cli_and_reports_later() {
-    let p = Podlet::new();
-    let tar = busybox_tar(p.dir.path());
-    assert!(p
-        .run(&["image", "import", tar.to_str().unwrap(), "busybox"])
-        .status
-        .success());
+    let (p, _) = with_busybox();
     let out = p.run(&[
         "run",
         "-d",
@@ -471,12 +475,7 @@ fn a_detached_container_outlives_the_cli_and_reports_later() {
 fn an_interactive_terminal_works_and_follows_resizes() {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
-    let p = Podlet::new();
-    let tar = busybox_tar(p.dir.path());
-    assert!(p
-        .run(&["image", "import", tar.to_str().unwrap(), "busybox"])
-        .status
-        .success());
+    let (p, _) = with_busybox();
     let size = |rows: u16, cols: u16| nix::pty::Winsize {
         ws_row: rows,
         ws_col: cols,
@@ -551,12 +550,7 @@ fn an_interactive_terminal_works_and_follows_resizes() {
 #[test]
 fn published_ports_reach_the_container_without_iptables() {
     use std::io::{Read, Write};
-    let p = Podlet::new();
-    let tar = busybox_tar(p.dir.path());
-    assert!(p
-        .run(&["image", "import", tar.to_str().unwrap(), "busybox"])
-        .status
-        .success());
+    let (p, _) = with_busybox();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -613,12 +607,7 @@ fn published_ports_reach_the_container_without_iptables() {
 #[test]
 fn exec_it_signals_and_a_full_disk() {
     use std::io::{Read, Write};
-    let p = Podlet::new();
-    let tar = busybox_tar(p.dir.path());
-    assert!(p
-        .run(&["image", "import", tar.to_str().unwrap(), "busybox"])
-        .status
-        .success());
+    let (p, tar) = with_busybox();
 
     // exec -it: an interactive shell in a running container, on a pty this test holds.
     assert!(p
