@@ -22,6 +22,7 @@ PACKAGES=(
     podman            # drives podlet-runc in the compatibility test
     skopeo            # pushes images to the test registry
     docker-registry   # a real OCI registry on loopback for pull/push tests
+    apache2-utils     # htpasswd, for the registry basic-auth test
     tar
 )
 

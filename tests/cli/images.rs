@@ -416,6 +416,9 @@ fn a_detached_container_outlives_the_cli_and_reports_later() {
         let out = p.run(&["ps", "-a", "--format", "json"]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
     };
+    // logs -f follows the running container and returns when it exits.
+    let follow = p.run(&["logs", "-f", "bg"]);
+    assert!(text(&follow).contains("out\nmore\n"), "{}", text(&follow));
     wait_until(|| status(&p)["statusText"] == "Exited (4)", "the exit code");
     let logs = p.run(&["logs", "bg"]);
     assert_eq!(text(&logs), "out\nmore\n");

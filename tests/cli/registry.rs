@@ -15,6 +15,11 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, "")
+    }
+
+    /// Starts a registry with extra YAML (e.g. an `auth:` section).
+    fn start_with(dir: &Path, extra: &str) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -25,7 +30,7 @@ impl Registry {
         fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                 data.display()
             ),
         )
@@ -242,4 +247,44 @@ fn registry_errors_and_corrupt_blobs_store_nothing() {
         0,
         "temporary files left"
     );
+}
+
+#[test]
+fn basic_auth_credentials_are_used_and_required() {
+    let tmp = tempfile::tempdir().unwrap();
+    let htpasswd = tmp.path().join("htpasswd");
+    let o = Command::new("htpasswd")
+        .args(["-Bbn", "tester", "s3cret"])
+        .output()
+        .expect("htpasswd installed (apache2-utils)");
+    fs::write(&htpasswd, &o.stdout).unwrap();
+    let reg = Registry::start_with(
+        tmp.path(),
+        &format!(
+            "auth:\n  htpasswd:\n    realm: podlet-test\n    path: {}\n",
+            htpasswd.display()
+        ),
+    );
+    let a = tmp.path().join("a");
+    busybox_image(&a);
+    let dest = format!("{}/test/private:1", reg.host());
+    let o = podlet(&a, &["push", "bb:1", &dest]);
+    assert!(
+        !o.status.success() && err(&o).contains("authentication required"),
+        "{}",
+        err(&o)
+    );
+    let o = podlet(&a, &["push", "--creds", "tester:wrong", "bb:1", &dest]);
+    assert!(
+        !o.status.success() && err(&o).contains("UNAUTHORIZED"),
+        "{}",
+        err(&o)
+    );
+    let o = podlet(&a, &["push", "--creds", "tester:s3cret", "bb:1", &dest]);
+    assert!(o.status.success(), "{}", err(&o));
+    let b = tmp.path().join("b");
+    let o = podlet(&b, &["pull", "--creds", "tester:s3cret", &dest]);
+    assert!(o.status.success(), "{}", err(&o));
+    // The password never reaches the output.
+    assert!(!err(&o).contains("s3cret") && !out(&o).contains("s3cret"));
 }
