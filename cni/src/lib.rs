@@ -5,3 +5,6 @@
 
 pub mod config;
 pub mod error;
+pub mod ipam;
+pub mod link;
+pub mod plugin;

@@ -1,0 +1,321 @@
+//! Links, addresses and routes through netlink (`rtnetlink`): the bridge, the veth pair, and
+//! the container side configured from inside the container's network namespace (a thread that
+//! has `setns`'d there opens its own netlink socket, which then belongs to that namespace).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::Handle;
+
+use crate::error::{CniError, ErrorCode};
+use crate::ipam::{Allocation, Subnet};
+
+fn fail(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        ErrorCode::IoFailure,
+        format!("netlink: {what}"),
+        e.to_string(),
+    )
+}
+
+/// Runs `f` with a netlink handle in the current thread's network namespace.
+fn with_handle<T>(
+    f: impl FnOnce(Handle) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CniError>>>>,
+) -> Result<T, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| fail("runtime", e))?;
+    rt.block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| fail("socket", e))?;
+        tokio::spawn(conn);
+        f(handle).await
+    })
+}
+
+/// Runs `f` on a thread inside the network namespace at `netns`.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T, CniError> + Send + 'static,
+) -> Result<T, CniError> {
+    let ns = std::fs::File::open(netns).map_err(|e| {
+        CniError::new(
+            ErrorCode::UnknownContainer,
+            "cannot open the container's network namespace",
+            format!("{}: {e}", netns.display()),
+        )
+    })?;
+    std::thread::spawn(move || {
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| fail("enter network namespace", e))?;
+        f()
+    })
+    .join()
+    .map_err(|_| fail("namespace thread", "panicked"))?
+}
+
+async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(l) => Ok(l),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(fail(&format!("get {name}"), e)),
+    }
+}
+
+fn mac_of(l: &LinkMessage) -> String {
+    l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(b) => Some(
+                b.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// What ADD configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The bridge's MAC.
+    pub bridge_mac: String,
+    /// The host-side veth's MAC.
+    pub host_mac: String,
+    /// The container interface's MAC.
+    pub container_mac: String,
+}
+
+/// The bridge and veth settings of one ADD.
+#[derive(Debug, Clone)]
+pub struct BridgeAttach {
+    /// Bridge name.
+    pub bridge: String,
+    /// Host-side veth name.
+    pub host_veth: String,
+    /// Interface name in the container.
+    pub ifname: String,
+    /// MTU for bridge and veths (None: kernel default).
+    pub mtu: Option<u32>,
+    /// Give the bridge the gateway address.
+    pub is_gateway: bool,
+    /// Add a default route in the container via the gateway.
+    pub default_route: bool,
+    /// Extra routes (from IPAM).
+    pub routes: Vec<(Subnet, Option<Ipv4Addr>)>,
+}
+
+/// Creates/adopts the bridge, a veth pair into `netns`, and configures the container side.
+pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attached, CniError> {
+    let ns_fd = std::fs::File::open(netns).map_err(|e| {
+        CniError::new(
+            ErrorCode::UnknownContainer,
+            "cannot open the container's network namespace",
+            format!("{}: {e}", netns.display()),
+        )
+    })?;
+    let peer_tmp = format!("tmp{}", &a.host_veth[a.host_veth.len().saturating_sub(8)..]);
+    let cfg = a.clone();
+    let peer_host = peer_tmp.clone();
+    let (bridge_mac, host_mac) = with_handle(move |h| {
+        Box::pin(async move {
+            let br = match link_by_name(&h, &cfg.bridge).await? {
+                Some(l) => l,
+                None => {
+                    h.link()
+                        .add()
+                        .bridge(cfg.bridge.clone())
+                        .execute()
+                        .await
+                        .map_err(|e| fail("add bridge", e))?;
+                    link_by_name(&h, &cfg.bridge)
+                        .await?
+                        .ok_or_else(|| fail("bridge", "vanished"))?
+                }
+            };
+            let br_idx = br.header.index;
+            let mut set = h.link().set(br_idx).up();
+            if let Some(m) = cfg.mtu {
+                set = set.mtu(m);
+            }
+            set.execute().await.map_err(|e| fail("bridge up", e))?;
+            if cfg.is_gateway {
+                let r = h
+                    .address()
+                    .add(br_idx, IpAddr::V4(alloc.gateway), alloc.prefix)
+                    .execute()
+                    .await;
+                if let Err(rtnetlink::Error::NetlinkError(e)) = &r {
+                    if e.raw_code() != -libc::EEXIST {
+                        return Err(fail("bridge address", r.unwrap_err()));
+                    }
+                } else {
+                    r.map_err(|e| fail("bridge address", e))?;
+                }
+            }
+            if let Some(old) = link_by_name(&h, &cfg.host_veth).await? {
+                h.link()
+                    .del(old.header.index)
+                    .execute()
+                    .await
+                    .map_err(|e| fail("remove stale veth", e))?;
+            }
+            h.link()
+                .add()
+                .veth(cfg.host_veth.clone(), peer_host.clone())
+                .execute()
+                .await
+                .map_err(|e| fail("add veth", e))?;
+            let host = link_by_name(&h, &cfg.host_veth)
+                .await?
+                .ok_or_else(|| fail("veth", "vanished"))?;
+            let peer = link_by_name(&h, &peer_host)
+                .await?
+                .ok_or_else(|| fail("veth peer", "vanished"))?;
+            h.link()
+                .set(peer.header.index)
+                .setns_by_fd(ns_fd.as_raw_fd())
+                .execute()
+                .await
+                .map_err(|e| fail("move veth into the container", e))?;
+            let mut set = h.link().set(host.header.index).controller(br_idx).up();
+            if let Some(m) = cfg.mtu {
+                set = set.mtu(m);
+            }
+            set.execute().await.map_err(|e| fail("veth up", e))?;
+            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+            Ok((mac_of(&br), mac_of(&host)))
+        })
+    })?;
+    let cfg = a.clone();
+    let container_mac = in_netns(netns, move || {
+        with_handle(move |h| {
+            Box::pin(async move {
+                let l = link_by_name(&h, &peer_tmp)
+                    .await?
+                    .ok_or_else(|| fail("container veth", "not in the namespace"))?;
+                let idx = l.header.index;
+                let mut set = h.link().set(idx).name(cfg.ifname.clone()).up();
+                if let Some(m) = cfg.mtu {
+                    set = set.mtu(m);
+                }
+                set.execute()
+                    .await
+                    .map_err(|e| fail("container interface", e))?;
+                if let Some(lo) = link_by_name(&h, "lo").await? {
+                    h.link()
+                        .set(lo.header.index)
+                        .up()
+                        .execute()
+                        .await
+                        .map_err(|e| fail("loopback up", e))?;
+                }
+                h.address()
+                    .add(idx, IpAddr::V4(alloc.ip), alloc.prefix)
+                    .execute()
+                    .await
+                    .map_err(|e| fail("container address", e))?;
+                if cfg.default_route {
+                    h.route()
+                        .add()
+                        .v4()
+                        .gateway(alloc.gateway)
+                        .execute()
+                        .await
+                        .map_err(|e| fail("default route", e))?;
+                }
+                for (dst, gw) in &cfg.routes {
+                    if dst.prefix == 0 && cfg.default_route {
+                        continue;
+                    }
+                    h.route()
+                        .add()
+                        .v4()
+                        .destination_prefix(dst.network, dst.prefix)
+                        .gateway(gw.unwrap_or(alloc.gateway))
+                        .execute()
+                        .await
+                        .map_err(|e| fail("route", e))?;
+                }
+                let l = link_by_name(&h, &cfg.ifname)
+                    .await?
+                    .ok_or_else(|| fail("container interface", "vanished"))?;
+                Ok(mac_of(&l))
+            })
+        })
+    })?;
+    Ok(Attached {
+        bridge_mac,
+        host_mac,
+        container_mac,
+    })
+}
+
+/// Removes the container interface (and so the pair). A missing namespace or interface is
+/// not an error: DEL is idempotent.
+pub fn detach(netns: Option<&Path>, ifname: &str) -> Result<(), CniError> {
+    let Some(netns) = netns.filter(|p| p.exists()) else {
+        return Ok(());
+    };
+    let ifname = ifname.to_string();
+    in_netns(netns, move || {
+        with_handle(move |h| {
+            Box::pin(async move {
+                if let Some(l) = link_by_name(&h, &ifname).await? {
+                    h.link()
+                        .del(l.header.index)
+                        .execute()
+                        .await
+                        .map_err(|e| fail("delete interface", e))?;
+                }
+                Ok(())
+            })
+        })
+    })
+}
+
+/// CHECK: the interface exists in the container and carries `ip`.
+pub fn check(netns: &Path, ifname: &str, ip: Ipv4Addr) -> Result<(), CniError> {
+    let ifname = ifname.to_string();
+    in_netns(netns, move || {
+        with_handle(move |h| {
+            Box::pin(async move {
+                let l = link_by_name(&h, &ifname).await?.ok_or_else(|| {
+                    CniError::new(
+                        ErrorCode::IoFailure,
+                        "check failed",
+                        format!("interface {ifname} is missing"),
+                    )
+                })?;
+                let mut addrs = h
+                    .address()
+                    .get()
+                    .set_link_index_filter(l.header.index)
+                    .execute();
+                while let Some(a) = addrs.try_next().await.map_err(|e| fail("addresses", e))? {
+                    for attr in &a.attributes {
+                        if let netlink_packet_route::address::AddressAttribute::Address(
+                            IpAddr::V4(got),
+                        ) = attr
+                        {
+                            if *got == ip {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                Err(CniError::new(
+                    ErrorCode::IoFailure,
+                    "check failed",
+                    format!("interface {ifname} does not carry {ip}"),
+                ))
+            })
+        })
+    })
+}
