@@ -15,14 +15,17 @@ build:
 	ln -sf podlet target/debug/podlet-runc
 
 release:
-	$(CARGO) build --release --bin podlet
+	$(CARGO) build --release --bin podlet --bin podlet-cni
 	ln -sf podlet target/release/podlet-runc
 
-# Installs podlet and its runc-compatible name (the same binary) into $(PREFIX)/bin.
+# Installs podlet and its runc-compatible name (the same binary) into $(PREFIX)/bin, and the
+# CNI plugin where CNI runtimes look for plugins ($(CNI_BIN)).
 PREFIX ?= /usr/local
+CNI_BIN ?= /opt/cni/bin
 install: release
 	install -D -m 0755 target/release/podlet $(DESTDIR)$(PREFIX)/bin/podlet
 	ln -sf podlet $(DESTDIR)$(PREFIX)/bin/podlet-runc
+	install -D -m 0755 target/release/podlet-cni $(DESTDIR)$(CNI_BIN)/podlet-cni
 
 # The whole suite: unit, host (root), UML cgroup v2 and multi-node tiers, wrapped by the
 # leak guard, which fails the run if anything was left behind. Ends with one summary line.
