@@ -15,7 +15,7 @@ build:
 	ln -sf podlet target/debug/podlet-runc
 
 release:
-	$(CARGO) build --release --bin podlet --bin podlet-cni
+	$(CARGO) build --release -p podlet -p podlet-cni
 	ln -sf podlet target/release/podlet-runc
 
 # Installs podlet and its runc-compatible name (the same binary) into $(PREFIX)/bin, and the

@@ -51,6 +51,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Prints a hyperfine JSON export as a markdown table and the first/second median ratio.
+table() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+print("| command | median [ms] | mean [ms] | min [ms] | max [ms] |")
+print("|---|---:|---:|---:|---:|")
+for x in r:
+    print(f"| `{x['command']}` | {x['median']*1000:.1f} | {x['mean']*1000:.1f} | {x['min']*1000:.1f} | {x['max']*1000:.1f} |")
+print(f"\n{sys.argv[2]} median: **{r[0]['median'] / r[1]['median']:.2f}**")
+PY
+}
+
 # The busybox image, for both.
 mkdir -p "$W/rootfs/bin"
 cp /bin/busybox "$W/rootfs/bin/"
@@ -66,15 +79,7 @@ echo
 hyperfine --warmup 3 --runs "$RUNS" -N --style basic --export-json "$W/run.json" \
     -n "podlet run --rm busybox true" "$P run --rm busybox true" \
     -n "podman --runtime runc run --rm busybox true" "$PMRUN" >&2
-python3 - "$W/run.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-print("| command | median [ms] | mean [ms] | min [ms] | max [ms] |")
-print("|---|---:|---:|---:|---:|")
-for x in r:
-    print(f"| `{x['command']}` | {x['median']*1000:.1f} | {x['mean']*1000:.1f} | {x['min']*1000:.1f} | {x['max']*1000:.1f} |")
-print(f"\npodlet / podman median: **{r[0]['median'] / r[1]['median']:.2f}**")
-PY
+table "$W/run.json" "podlet / podman"
 
 # A 3-layer image on a loopback registry.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -125,12 +130,4 @@ hyperfine --warmup 2 --runs "$RUNS" --style basic --export-json "$W/pull.json" \
     --prepare "rm -rf $W/pull-podlet $W/pull-skopeo" \
     -n "podlet pull" "$PODLET --root $W/pull-podlet pull localhost:$PORT/bench/three:1" \
     -n "skopeo copy to dir" "skopeo copy -q --src-tls-verify=false docker://localhost:$PORT/bench/three:1 dir:$W/pull-skopeo" >&2
-python3 - "$W/pull.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-print("| command | median [ms] | mean [ms] | min [ms] | max [ms] |")
-print("|---|---:|---:|---:|---:|")
-for x in r:
-    print(f"| {x['command']} | {x['median']*1000:.1f} | {x['mean']*1000:.1f} | {x['min']*1000:.1f} | {x['max']*1000:.1f} |")
-print(f"\npodlet / skopeo median: **{r[0]['median'] / r[1]['median']:.2f}**")
-PY
+table "$W/pull.json" "podlet / skopeo"

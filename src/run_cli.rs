@@ -193,7 +193,7 @@ fn capabilities(a: &RunArgs) -> Result<Vec<String>> {
     Ok(set)
 }
 
-fn environment(a: &RunArgs, image_env: &[String]) -> Result<Vec<String>> {
+fn environment(a: &RunArgs, image_env: &[String], hostname: &str) -> Result<Vec<String>> {
     let mut env: Vec<String> = image_env.to_vec();
     let mut set = |kv: String| {
         let key = kv.split('=').next().unwrap_or("").to_string();
@@ -229,10 +229,7 @@ fn environment(a: &RunArgs, image_env: &[String]) -> Result<Vec<String>> {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.push(format!(
-            "HOSTNAME={}",
-            a.hostname.clone().unwrap_or_default()
-        ));
+        env.push(format!("HOSTNAME={hostname}"));
     }
     Ok(env)
 }
@@ -291,12 +288,7 @@ fn build_spec(a: &RunArgs, id: &str, cfg: &ImageConfiguration, snap: &Snapshot) 
         .hostname
         .clone()
         .unwrap_or_else(|| id.chars().take(12).collect());
-    let mut env = environment(a, ic.env().as_deref().unwrap_or_default())?;
-    for e in env.iter_mut() {
-        if e == "HOSTNAME=" {
-            *e = format!("HOSTNAME={hostname}");
-        }
-    }
+    let env = environment(a, ic.env().as_deref().unwrap_or_default(), &hostname)?;
     let cwd = a
         .workdir
         .clone()

@@ -463,6 +463,11 @@ impl Runtime {
         Ok(st)
     }
 
+    /// The cgroups a container's saved state names.
+    fn cgroups_of(&self, st: &ContainerState) -> ContainerCgroups {
+        ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs)
+    }
+
     /// The container's state with its status refreshed from the kernel.
     pub fn state(&self, id: &str) -> Result<ContainerState> {
         let mut st = self.state.load(id)?;
@@ -473,7 +478,7 @@ impl Runtime {
             Status::Stopped
         } else if start_socket(&self.state.container_dir(id)?).exists() {
             Status::Created
-        } else if ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).is_frozen() {
+        } else if self.cgroups_of(&st).is_frozen() {
             Status::Paused
         } else {
             Status::Running
@@ -529,7 +534,7 @@ impl Runtime {
             });
         }
         if all {
-            for pid in ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).pids() {
+            for pid in self.cgroups_of(&st).pids() {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
             }
             return Ok(());
@@ -541,7 +546,7 @@ impl Runtime {
     /// Deletes a container: refused while it runs unless `force`, which kills it first.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let st = self.state(id)?;
-        let cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
+        let cg = self.cgroups_of(&st);
         match st.status {
             Status::Stopped => {}
             // The spec: deleting a container that is not stopped is an error.
@@ -602,7 +607,7 @@ impl Runtime {
                 what: refusal,
             });
         }
-        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).set_frozen(frozen)?)
+        Ok(self.cgroups_of(&st).set_frozen(frozen)?)
     }
 
     /// Applies new resource limits to a created, running or paused container (`update`).
@@ -621,7 +626,7 @@ impl Runtime {
             .and_then(|l| l.cgroups_path().clone())
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| id.to_string());
-        let mut cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
+        let mut cg = self.cgroups_of(&st);
         let result = cg.apply(&self.cgroups, &cgroups_path, res);
         // Save any cgroup joined on the way, even on failure, so delete removes it.
         let mut saved = self.state.load(id)?;
@@ -640,25 +645,19 @@ impl Runtime {
                 what: "no stats for a stopped container",
             });
         }
-        Ok(crate::cgroups::stats(&ContainerCgroups::from_dirs(
-            &self.cgroups,
-            &st.cgroup_dirs,
-        )))
+        Ok(crate::cgroups::stats(&self.cgroups_of(&st)))
     }
 
     /// OOM kills so far in the container's cgroup.
     pub fn oom_kills(&self, id: &str) -> Result<u64> {
         let st = self.state(id)?;
-        Ok(crate::cgroups::oom_kills(&ContainerCgroups::from_dirs(
-            &self.cgroups,
-            &st.cgroup_dirs,
-        )))
+        Ok(crate::cgroups::oom_kills(&self.cgroups_of(&st)))
     }
 
     /// Pids of every process in the container.
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         let st = self.state(id)?;
-        Ok(ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs).pids())
+        Ok(self.cgroups_of(&st).pids())
     }
 
     /// Every container's refreshed state.

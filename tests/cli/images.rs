@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use podlet_testkit::busybox;
+
 struct Podlet {
     dir: tempfile::TempDir,
 }
@@ -88,33 +90,15 @@ fn err(o: &Output) -> String {
 
 /// A busybox root filesystem tar with an /etc/passwd, gzip-compressed.
 fn busybox_tar(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    fs::create_dir_all(root.join("bin")).unwrap();
-    fs::create_dir_all(root.join("etc")).unwrap();
-    fs::create_dir_all(root.join("tmp")).unwrap();
-    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in [
-        "sh", "echo", "cat", "ls", "id", "pwd", "touch", "hostname", "true", "sleep", "mkdir",
-        "httpd",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
-    )
-    .unwrap();
-    let tar = dir.join("busybox.tar.gz");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-czf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    tar
+    let root = busybox::rootfs(
+        &dir.join("rootfs"),
+        &[
+            "sh", "echo", "cat", "ls", "id", "pwd", "touch", "hostname", "true", "sleep", "mkdir",
+            "httpd",
+        ],
+    );
+    busybox::with_users(&root);
+    busybox::tar(&root, &dir.join("busybox.tar.gz"))
 }
 
 #[test]
@@ -277,27 +261,9 @@ fn named_containers_ps_rm_and_bad_input() {
     assert_eq!(fs::read_dir(p.data().join("layers")).unwrap().count(), 0);
 }
 
-/// Removes the host directories podman creates on first use, if the test created them.
-struct PodmanHostDirs(Vec<(PathBuf, bool)>);
-
-impl Drop for PodmanHostDirs {
-    fn drop(&mut self) {
-        for (d, existed) in &self.0 {
-            if !existed {
-                let _ = fs::remove_dir_all(d);
-            }
-        }
-    }
-}
-
 #[test]
 fn loads_oci_layouts_and_docker_archives_that_podman_writes() {
-    let _host = PodmanHostDirs(
-        ["/var/lib/containers", "/run/containers", "/run/libpod"]
-            .iter()
-            .map(|d| (PathBuf::from(d), Path::new(d).exists()))
-            .collect(),
-    );
+    let _host = podlet_testkit::host_dirs::HostDirsGuard::new();
     let p = Podlet::new();
     let tar = busybox_tar(p.dir.path());
     let pm = p.dir.path().join("podman");

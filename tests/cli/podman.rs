@@ -8,6 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use podlet_testkit::busybox;
+
 fn own_memory_cgroup() -> String {
     fs::read_to_string("/proc/self/cgroup")
         .unwrap()
@@ -44,12 +46,9 @@ struct Cleanup {
     dir: PathBuf,
     podman_parent: String,
     existed: BTreeSet<PathBuf>,
-    /// Host state directories podman creates on first use, and whether they existed before.
-    host_dirs: Vec<(PathBuf, bool)>,
+    /// Host state directories podman creates on first use.
+    _host_dirs: podlet_testkit::host_dirs::HostDirsGuard,
 }
-
-/// Directories podman and its libraries create even with --root/--runroot/--tmpdir given.
-const PODMAN_HOST_DIRS: &[&str] = &["/var/lib/containers", "/run/containers", "/run/libpod"];
 
 fn remove_tree(dir: &Path) {
     if let Ok(rd) = fs::read_dir(dir) {
@@ -74,11 +73,6 @@ impl Drop for Cleanup {
         under.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in under {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        for (d, existed) in &self.host_dirs {
-            if !existed {
-                let _ = fs::remove_dir_all(d);
-            }
         }
         let mut dirs = candidate_dirs(&self.podman_parent);
         dirs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
@@ -124,28 +118,11 @@ fn podman_runs_a_container_through_podlet_runc() {
         dir: dir.clone(),
         podman_parent: podman_parent.clone(),
         existed,
-        host_dirs: PODMAN_HOST_DIRS
-            .iter()
-            .map(|d| (PathBuf::from(d), Path::new(d).exists()))
-            .collect(),
+        _host_dirs: podlet_testkit::host_dirs::HostDirsGuard::new(),
     };
 
-    let rootfs = dir.join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "true", "cat"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    let tar = dir.join("busybox.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let rootfs = busybox::rootfs(&dir.join("rootfs"), &["sh", "echo", "true", "cat"]);
+    let tar = busybox::tar(&rootfs, &dir.join("busybox.tar"));
     let out = podman(
         &dir,
         &[

@@ -21,16 +21,14 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("rootfs/bin");
-        fs::create_dir_all(&bin).unwrap();
-        fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static installed");
-        for applet in [
-            "sh", "echo", "cat", "ls", "sleep", "hostname", "id", "grep", "readlink", "touch",
-            "head", "mkdir", "env", "pwd", "true", "wc", "tty", "false", "mknod", "stat", "tr",
-            "seq",
-        ] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
+        podlet_testkit::busybox::rootfs(
+            &dir.path().join("rootfs"),
+            &[
+                "sh", "echo", "cat", "ls", "sleep", "hostname", "id", "grep", "readlink", "touch",
+                "head", "mkdir", "env", "pwd", "true", "wc", "tty", "false", "mknod", "stat", "tr",
+                "seq",
+            ],
+        );
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_podlet"), dir.path().join("podlet-runc"))
             .unwrap();
         let n = N.fetch_add(1, Ordering::SeqCst);

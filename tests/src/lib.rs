@@ -7,6 +7,8 @@
 //! - [`bins`]: finding the workspace's binaries from a test.
 
 pub mod bins;
+pub mod busybox;
+pub mod host_dirs;
 pub mod leaks;
 pub mod topology;
 pub mod uml;

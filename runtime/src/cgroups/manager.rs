@@ -301,21 +301,25 @@ impl ContainerCgroups {
                 Err(e) => return Err(e),
             }
         }
+        // A raw `unified` key names a v2 file directly: without it the bundle cannot run as
+        // written. Other settings whose controller exists nowhere are skipped with a warning.
+        let unified: std::collections::HashSet<&String> =
+            res.unified().iter().flatten().map(|(k, _)| k).collect();
         for (ctrl, file) in unserved {
-            if !v1_done.contains(&ctrl) && !served.contains(&ctrl) {
-                if v2_dir.is_some() && super::v1::v1_settings(res).is_empty() {
-                    // Only v2-specific keys (e.g. `unified`) and no v2 controller for them.
-                    return Err(CgroupError::Io {
-                        op: "write",
-                        path: v2_dir.clone().unwrap_or_default().join(&file),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "no such cgroup file (controller not enabled?)",
-                        ),
-                    });
-                }
-                tracing::warn!(file, "cgroup v2 controller unavailable; setting skipped");
+            if v1_done.contains(&ctrl) || served.contains(&ctrl) {
+                continue;
             }
+            if let (true, Some(d)) = (unified.contains(&file), v2_dir.as_ref()) {
+                return Err(CgroupError::Io {
+                    op: "write",
+                    path: d.join(&file),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no such cgroup file (controller not enabled?)",
+                    ),
+                });
+            }
+            tracing::warn!(file, "cgroup v2 controller unavailable; setting skipped");
         }
         Ok(())
     }

@@ -327,6 +327,8 @@ impl RegistryClient {
         let scope = format!("repository:{}:pull", r.repository);
         let queue = Mutex::new(blobs.into_iter());
         let failure: Mutex<Option<ImageError>> = Mutex::new(None);
+        // Blobs this pull stored: removed again if it fails, so nothing is half-stored.
+        let fresh: Mutex<Vec<Digest>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| loop {
@@ -346,7 +348,12 @@ impl RegistryClient {
                         store.put_blob(counted, Some(&d))
                     });
                     match res {
-                        Ok(_) => bar.done(),
+                        Ok(_) => {
+                            if let Ok(mut f) = fresh.lock() {
+                                f.push(d.clone());
+                            }
+                            bar.done()
+                        }
                         Err(e) => {
                             if let Ok(mut f) = failure.lock() {
                                 f.get_or_insert(e);
@@ -357,11 +364,19 @@ impl RegistryClient {
                 });
             }
         });
-        if let Some(e) = failure.into_inner().ok().flatten() {
-            return Err(e);
+        let fresh = fresh.into_inner().unwrap_or_default();
+        let result = match failure.into_inner().ok().flatten() {
+            Some(e) => Err(e),
+            None => store
+                .put_blob(&data[..], Some(&digest))
+                .and_then(|_| store.tag(r, &digest)),
+        };
+        if result.is_err() {
+            for d in &fresh {
+                let _ = std::fs::remove_file(store.blob_path(d));
+            }
         }
-        store.put_blob(&data[..], Some(&digest))?;
-        store.tag(r, &digest)
+        result
     }
 
     /// Pushes a stored image to `dest` (blobs the registry has are skipped).
