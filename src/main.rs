@@ -10,6 +10,8 @@ use podlet_runtime::kernel_check;
 
 mod image_cli;
 mod monitor;
+mod pod_cli;
+mod pod_manifest;
 mod progress;
 mod run_cli;
 mod runc_cli;
@@ -141,6 +143,12 @@ enum Command {
         /// The container's snapshot directory.
         dir: PathBuf,
     },
+    /// Manage pods: containers sharing network, IPC and UTS namespaces.
+    #[command(subcommand)]
+    Pod(pod_cli::PodCommand),
+    /// A pod's sandbox process: holds its namespaces until stopped.
+    #[command(hide = true)]
+    Pause,
     /// Remove containers.
     Rm {
         /// Kill running containers first.
@@ -270,6 +278,15 @@ fn main() -> ExitCode {
         Command::Monitor { dir } => {
             monitor::run(dir).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Command::Pod(cmd) => pod_cli::run(
+            pod_cli::Paths {
+                root: &cli.root,
+                state: &cli.state,
+                cgroup_root: cli.cgroup_root.as_deref(),
+            },
+            cmd,
+        ),
+        Command::Pause => podlet_runtime::pod::sandbox::pause_main(),
         Command::Rm { force, names } => run_cli::rm(
             &cli.root,
             &cli.state,

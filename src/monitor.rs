@@ -177,6 +177,9 @@ pub fn run(snapshot_dir: &Path) -> Result<i32> {
     fs::rename(&tmp, snapshot_dir.join("exit.json"))?;
     if cfg.remove {
         let _ = rt.delete(&cfg.id, true);
+        if let Err(e) = crate::pod_cli::leave_pod(&cfg.state, snapshot_dir, &cfg.id) {
+            tracing::warn!(error = %e, "leaving the pod");
+        }
         let _ = fs::remove_dir_all(snapshot_dir);
     }
     Ok(code)

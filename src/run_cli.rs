@@ -16,77 +16,87 @@ use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::container::{CreateOptions, Runtime};
 use podlet_runtime::image::snapshot::Snapshot;
 use podlet_runtime::image::ImageStore;
+use podlet_runtime::pod::{PodNetwork, PodSpec, PodState, Pods};
 use podlet_runtime::state::{StateRoot, Status};
 use serde_json::{json, Value};
 
 /// `podlet run` flags (docker/podman's).
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct RunArgs {
     /// Remove the container and its snapshot when it exits.
     #[arg(long)]
-    rm: bool,
+    pub(crate) rm: bool,
     /// Run in the background under a monitor; print the container's name.
     #[arg(long, short)]
-    detach: bool,
+    pub(crate) detach: bool,
     /// Keep stdin attached (otherwise the container reads /dev/null).
     #[arg(long, short)]
-    interactive: bool,
+    pub(crate) interactive: bool,
     /// Give the container a terminal (with -i: an interactive shell; resizes follow).
     #[arg(long, short)]
-    tty: bool,
+    pub(crate) tty: bool,
     /// Container name (default: a random id).
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Set an environment variable (KEY=VALUE, or KEY to pass podlet's value).
     #[arg(long = "env", short = 'e')]
-    env: Vec<String>,
+    pub(crate) env: Vec<String>,
     /// Read environment variables from a file (KEY=VALUE lines, # comments).
     #[arg(long)]
-    env_file: Vec<PathBuf>,
+    pub(crate) env_file: Vec<PathBuf>,
     /// Publish a container port: [IP:]HOSTPORT:PORT[/udp] (a userspace proxy, no iptables).
     #[arg(long = "publish", short = 'p')]
-    publish: Vec<String>,
+    pub(crate) publish: Vec<String>,
     /// Bind mount SRC:DST[:ro].
     #[arg(long = "volume", short = 'v')]
-    volumes: Vec<String>,
+    pub(crate) volumes: Vec<String>,
     /// Working directory inside the container.
     #[arg(long = "workdir", short = 'w')]
-    workdir: Option<String>,
+    pub(crate) workdir: Option<String>,
     /// UID[:GID] or user name from the image's /etc/passwd.
     #[arg(long, short)]
-    user: Option<String>,
+    pub(crate) user: Option<String>,
     /// Hostname inside the container.
     #[arg(long)]
-    hostname: Option<String>,
-    /// Network: none (own empty namespace) or host.
-    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
-    network: String,
+    pub(crate) hostname: Option<String>,
+    /// Network: none (own namespace, loopback only), host, bridge (the default CNI network
+    /// `podlet`), or the name of a CNI network in --cni-conf-dir.
+    #[arg(long)]
+    pub(crate) network: Option<String>,
+    /// Join an existing pod's network, IPC and UTS namespaces (see `podlet pod create`).
+    #[arg(long)]
+    pub(crate) pod: Option<String>,
+    #[command(flatten)]
+    pub(crate) cni: crate::pod_cli::CniArgs,
+    /// Do not print the name of a detached container (`podlet pod run` prints the pod's).
+    #[arg(skip)]
+    pub(crate) quiet: bool,
     /// Memory limit (e.g. 64m).
     #[arg(long, short)]
-    memory: Option<String>,
+    pub(crate) memory: Option<String>,
     /// CPU limit in cores (e.g. 0.5).
     #[arg(long)]
-    cpus: Option<f64>,
+    pub(crate) cpus: Option<f64>,
     /// Maximum number of processes.
     #[arg(long)]
-    pids_limit: Option<i64>,
+    pub(crate) pids_limit: Option<i64>,
     /// Mount the root filesystem read-only.
     #[arg(long)]
-    read_only: bool,
+    pub(crate) read_only: bool,
     /// Add a capability (e.g. NET_ADMIN, or ALL).
     #[arg(long)]
-    cap_add: Vec<String>,
+    pub(crate) cap_add: Vec<String>,
     /// Drop a capability (e.g. CHOWN, or ALL).
     #[arg(long)]
-    cap_drop: Vec<String>,
+    pub(crate) cap_drop: Vec<String>,
     /// Override the image's entrypoint.
     #[arg(long)]
-    entrypoint: Option<String>,
+    pub(crate) entrypoint: Option<String>,
     /// Image name or id.
-    image: String,
+    pub(crate) image: String,
     /// Command and arguments (default: the image's Cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    pub(crate) command: Vec<String>,
 }
 
 /// Capabilities a docker/podman container gets by default.
@@ -254,7 +264,13 @@ fn parse_volume(v: &str) -> Result<Value> {
 }
 
 /// Builds the container's OCI config from the image config and the flags.
-fn build_spec(a: &RunArgs, id: &str, cfg: &ImageConfiguration, snap: &Snapshot) -> Result<Value> {
+fn build_spec(
+    a: &RunArgs,
+    id: &str,
+    cfg: &ImageConfiguration,
+    snap: &Snapshot,
+    pod: Option<&PodState>,
+) -> Result<Value> {
     let ic = cfg.config().clone().unwrap_or_default();
     let entrypoint: Vec<String> = match &a.entrypoint {
         Some(e) if e.is_empty() => vec![],
@@ -284,10 +300,18 @@ fn build_spec(a: &RunArgs, id: &str, cfg: &ImageConfiguration, snap: &Snapshot) 
         Some(u) => resolve_user(u, &snap.layers)?,
         None => (0, 0),
     };
-    let hostname = a
-        .hostname
-        .clone()
-        .unwrap_or_else(|| id.chars().take(12).collect());
+    let hostname = match pod {
+        Some(p) => p.hostname.clone(),
+        None => a
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id.chars().take(12).collect()),
+    };
+    let network = match pod {
+        Some(p) => p.network.clone(),
+        None => PodNetwork::None,
+    };
+    let host_network = a.network.as_deref() == Some("host") || network == PodNetwork::Host;
     let env = environment(a, ic.env().as_deref().unwrap_or_default(), &hostname)?;
     let cwd = a
         .workdir
@@ -320,7 +344,7 @@ fn build_spec(a: &RunArgs, id: &str, cfg: &ImageConfiguration, snap: &Snapshot) 
         etc.join("hosts"),
         format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n"),
     )?;
-    let resolv = if a.network == "host" {
+    let resolv = if host_network || matches!(network, PodNetwork::Cni { .. }) {
         std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
     } else {
         String::new()
@@ -334,8 +358,11 @@ fn build_spec(a: &RunArgs, id: &str, cfg: &ImageConfiguration, snap: &Snapshot) 
     for v in &a.volumes {
         mounts.push(parse_volume(v)?);
     }
+    if let Some(p) = pod {
+        p.join(&mut spec);
+    }
     let linux = &mut spec["linux"];
-    if a.network == "host" {
+    if host_network {
         if let Some(ns) = linux["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "network");
         }
@@ -417,26 +444,80 @@ pub fn run(root: &Path, state: &Path, cgroup_root: Option<&Path>, a: &RunArgs) -
         .iter()
         .map(|p| podlet_runtime::ports::PortMapping::parse(p))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    if !ports.is_empty() && a.network == "host" {
+    let network = a.network.as_deref().unwrap_or("none");
+    if a.pod.is_some() && (a.network.is_some() || a.hostname.is_some()) {
+        bail!("--network and --hostname cannot be combined with --pod: the container uses the pod's");
+    }
+    if !ports.is_empty() && network == "host" {
         bail!("--publish has no effect with --network host: the container already uses the host's ports");
     }
     if a.detach && (a.interactive || a.tty) {
         bail!("--detach cannot be combined with --interactive or --tty");
     }
+    // The pod to join: the named one, or one made for this container alone when it is
+    // attached to a CNI network (it holds the network namespace and the address until `rm`).
+    let pod_network = a.cni.network(network)?;
+    let membership = match &a.pod {
+        Some(p) => {
+            let st = Pods::new(state).load(p)?;
+            if !st.is_running() {
+                bail!("pod {p} is not running");
+            }
+            Some(crate::pod_cli::Membership {
+                pod: p.clone(),
+                implicit: false,
+            })
+        }
+        None if matches!(pod_network, PodNetwork::Cni { .. }) => Some(crate::pod_cli::Membership {
+            pod: id.clone(),
+            implicit: true,
+        }),
+        None => None,
+    };
     let cfg = store.config(&image.config)?;
     let layers = store.unpack_layers(&image)?;
     let snap = Snapshot::create(&store, &id, &image.name, layers)?;
+    let joined = (|| -> Result<Option<PodState>> {
+        let Some(m) = &membership else {
+            return Ok(None);
+        };
+        crate::pod_cli::record_membership(&snap.dir, m)?;
+        if m.implicit {
+            let hostname = a
+                .hostname
+                .clone()
+                .unwrap_or_else(|| id.chars().take(12).collect());
+            let spec = PodSpec {
+                name: id.clone(),
+                hostname: Some(hostname),
+                network: pod_network.clone(),
+                labels: [("io.podlet.container".to_string(), id.clone())].into(),
+            };
+            crate::pod_cli::create_pod(state, &spec)?;
+        }
+        Ok(Some(Pods::new(state).add_container(&m.pod, &id)?))
+    })();
+    let pod = match joined {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = crate::pod_cli::leave_pod(state, &snap.dir, &id);
+            let _ = snap.remove();
+            return Err(e);
+        }
+    };
     if a.detach {
-        let result = start_detached(&snap, &id, a, &cfg, state, cgroup_root);
+        let result = start_detached(&snap, &id, a, &cfg, state, cgroup_root, pod.as_ref());
         if result.is_err() {
             let _ = rt.delete(&id, true);
+            let _ = crate::pod_cli::leave_pod(state, &snap.dir, &id);
             let _ = snap.remove();
         }
         return result;
     }
-    let result = run_in_snapshot(&rt, &snap, &id, a, &cfg, &ports);
+    let result = run_in_snapshot(&rt, &snap, &id, a, &cfg, &ports, pod.as_ref());
     if a.rm || result.is_err() {
         let _ = rt.delete(&id, true);
+        let _ = crate::pod_cli::leave_pod(state, &snap.dir, &id);
         let _ = snap.remove();
     }
     result
@@ -449,8 +530,9 @@ fn run_in_snapshot(
     a: &RunArgs,
     cfg: &ImageConfiguration,
     ports: &[podlet_runtime::ports::PortMapping],
+    pod: Option<&PodState>,
 ) -> Result<ExitCode> {
-    let spec = build_spec(a, id, cfg, snap)?;
+    let spec = build_spec(a, id, cfg, snap, pod)?;
     let bound = podlet_runtime::ports::bind(ports)?;
     std::fs::write(
         snap.dir.join("config.json"),
@@ -497,8 +579,9 @@ fn start_detached(
     cfg: &ImageConfiguration,
     state: &Path,
     cgroup_root: Option<&Path>,
+    pod: Option<&PodState>,
 ) -> Result<ExitCode> {
-    let spec = build_spec(a, id, cfg, snap)?;
+    let spec = build_spec(a, id, cfg, snap, pod)?;
     std::fs::write(
         snap.dir.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
@@ -537,7 +620,9 @@ fn start_detached(
     if msg == "ok" {
         // The monitor lives on in its own session and is not waited for.
         drop(child);
-        println!("{id}");
+        if !a.quiet {
+            println!("{id}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let _ = child.wait();
@@ -621,23 +706,71 @@ pub fn stop(
     let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
     Ok(for_each_name(names, |name| {
         open_container(&store, name)?;
+        stop_one(&rt, name, timeout)
+    }))
+}
+
+fn stop_one(rt: &Runtime, name: &str, timeout: u64) -> Result<()> {
+    if rt.state(name)?.status == Status::Stopped {
+        return Ok(());
+    }
+    let _ = rt.kill(name, nix::sys::signal::Signal::SIGTERM, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    while std::time::Instant::now() < deadline {
         if rt.state(name)?.status == Status::Stopped {
             return Ok(());
         }
-        let _ = rt.kill(name, nix::sys::signal::Signal::SIGTERM, false);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
-        while std::time::Instant::now() < deadline {
-            if rt.state(name)?.status == Status::Stopped {
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = rt.kill(name, nix::sys::signal::Signal::SIGKILL, true);
+    while rt.state(name)?.status != Status::Stopped {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Stops the containers `ids` (a pod's), skipping ones already gone.
+pub(crate) fn stop_containers(p: crate::pod_cli::Paths<'_>, ids: &[String], timeout: u64) -> Result<()> {
+    let (_, rt) = store_and_runtime(p.root, p.state, p.cgroup_root)?;
+    for id in ids {
+        if rt.state(id).is_ok() {
+            stop_one(&rt, id, timeout)?;
         }
-        let _ = rt.kill(name, nix::sys::signal::Signal::SIGKILL, true);
-        while rt.state(name)?.status != Status::Stopped {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Removes the containers `ids` (a pod's): runtime state, snapshot, pod membership.
+pub(crate) fn remove_containers(p: crate::pod_cli::Paths<'_>, ids: &[String]) -> Result<()> {
+    let (store, rt) = store_and_runtime(p.root, p.state, p.cgroup_root)?;
+    for id in ids {
+        remove_one(&store, &rt, p.state, id, true)?;
+    }
+    Ok(())
+}
+
+fn remove_one(store: &ImageStore, rt: &Runtime, state: &Path, name: &str, force: bool) -> Result<()> {
+    let snap = match Snapshot::open(store, name) {
+        Ok(s) => s,
+        Err(_) if force => {
+            let _ = rt.delete(name, true);
+            return Ok(());
         }
-        Ok(())
-    }))
+        Err(_) => bail!("no such container: {name}"),
+    };
+    match rt.state(name) {
+        Ok(st) if st.status != Status::Stopped && !force => {
+            bail!(
+                "container {name} is {}: stop it first or use --force",
+                st.status
+            )
+        }
+        Ok(_) => rt.delete(name, true)?,
+        Err(_) => {}
+    }
+    crate::pod_cli::leave_pod(state, &snap.dir, name)?;
+    snap.remove()?;
+    Ok(())
 }
 
 /// `podlet kill`.
@@ -839,25 +972,14 @@ pub fn rm(
 ) -> Result<ExitCode> {
     let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
     Ok(for_each_name(names, |name| {
-        let snap = open_container(&store, name)?;
-        match rt.state(name) {
-            Ok(st) if st.status != Status::Stopped && !force => {
-                bail!(
-                    "container {name} is {}: stop it first or use --force",
-                    st.status
-                )
-            }
-            Ok(_) => rt.delete(name, true)?,
-            Err(_) => {}
-        }
-        snap.remove()?;
-        Ok(())
+        open_container(&store, name)?;
+        remove_one(&store, &rt, state, name, force)
     }))
 }
 
 /// Runs `f` for every name, printing the name on success and the error otherwise (like
 /// docker's multi-container commands); exit 1 if any failed.
-fn for_each_name(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> ExitCode {
+pub(crate) fn for_each_name(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> ExitCode {
     let mut failed = false;
     for name in names {
         match f(name) {

@@ -8,3 +8,4 @@ pub mod error;
 pub mod ipam;
 pub mod link;
 pub mod plugin;
+pub mod routing;

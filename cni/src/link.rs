@@ -13,7 +13,7 @@ use rtnetlink::Handle;
 use crate::error::{CniError, ErrorCode};
 use crate::ipam::{Allocation, Subnet};
 
-fn fail(what: &str, e: impl std::fmt::Display) -> CniError {
+pub(crate) fn fail(what: &str, e: impl std::fmt::Display) -> CniError {
     CniError::new(
         ErrorCode::IoFailure,
         format!("netlink: {what}"),
@@ -22,7 +22,7 @@ fn fail(what: &str, e: impl std::fmt::Display) -> CniError {
 }
 
 /// Runs `f` with a netlink handle in the current thread's network namespace.
-fn with_handle<T>(
+pub(crate) fn with_handle<T>(
     f: impl FnOnce(Handle) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CniError>>>>,
 ) -> Result<T, CniError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -57,7 +57,7 @@ fn in_netns<T: Send + 'static>(
     .map_err(|_| fail("namespace thread", "panicked"))?
 }
 
-async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
+pub(crate) async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(l) => Ok(l),
@@ -109,6 +109,53 @@ pub struct BridgeAttach {
     pub default_route: bool,
     /// Extra routes (from IPAM).
     pub routes: Vec<(Subnet, Option<Ipv4Addr>)>,
+    /// Let traffic leave and re-enter the bridge through the same port (`hairpinMode`).
+    pub hairpin: bool,
+    /// The container interface's MAC address (from `runtimeConfig.mac` or `CNI_ARGS`).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` into bytes; a unicast address only.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    (parts.next().is_none() && out[0] & 1 == 0 && out != [0; 6]).then_some(out)
+}
+
+/// Sets a bridge-port option of `index` (RTM_NEWLINK with slave data, as `ip link set … type
+/// bridge_slave` does; RTM_SETLINK ignores it).
+async fn set_bridge_port(
+    h: &mut Handle,
+    index: u32,
+    opts: Vec<netlink_packet_route::link::InfoBridgePort>,
+) -> Result<(), CniError> {
+    use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_REQUEST};
+    use netlink_packet_route::link::{InfoPortData, InfoPortKind, LinkInfo};
+    use netlink_packet_route::RouteNetlinkMessage;
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(opts)),
+    ]));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut resp = Box::pin(h.request(req).map_err(|e| fail("bridge port", e))?);
+    while let Some(m) = futures::StreamExt::next(&mut resp).await {
+        if let netlink_packet_core::NetlinkPayload::Error(e) = m.payload {
+            if e.code.is_some() {
+                return Err(fail("bridge port", e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates/adopts the bridge, a veth pair into `netns`, and configures the container side.
@@ -189,6 +236,15 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                 set = set.mtu(m);
             }
             set.execute().await.map_err(|e| fail("veth up", e))?;
+            if cfg.hairpin {
+                let mut h = h.clone();
+                set_bridge_port(
+                    &mut h,
+                    host.header.index,
+                    vec![netlink_packet_route::link::InfoBridgePort::HairpinMode(true)],
+                )
+                .await?;
+            }
             let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
             Ok((mac_of(&br), mac_of(&host)))
         })
@@ -201,6 +257,14 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                     .await?
                     .ok_or_else(|| fail("container veth", "not in the namespace"))?;
                 let idx = l.header.index;
+                if let Some(mac) = cfg.mac {
+                    h.link()
+                        .set(idx)
+                        .address(mac.to_vec())
+                        .execute()
+                        .await
+                        .map_err(|e| fail("container MAC", e))?;
+                }
                 let mut set = h.link().set(idx).name(cfg.ifname.clone()).up();
                 if let Some(m) = cfg.mtu {
                     set = set.mtu(m);

@@ -22,6 +22,8 @@ pub struct Invocation {
     pub netns: Option<PathBuf>,
     /// CNI_IFNAME.
     pub ifname: String,
+    /// CNI_ARGS (`K=V;K2=V2`).
+    pub args: String,
 }
 
 fn env_error(details: impl Into<String>) -> CniError {
@@ -42,6 +44,7 @@ impl Invocation {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
             ifname: get("CNI_IFNAME").unwrap_or_default(),
+            args: get("CNI_ARGS").unwrap_or_default(),
             command,
         };
         let needs = match inv.command.as_str() {
@@ -100,6 +103,7 @@ struct Conf {
     mtu: Option<u32>,
     is_gateway: bool,
     default_route: bool,
+    hairpin: bool,
     ipam: IpamConfig,
     raw: Value,
 }
@@ -141,6 +145,11 @@ fn parse_conf(stdin: &[u8]) -> Result<Conf, CniError> {
         .and_then(Value::as_bool)
         .unwrap_or(false)
         || is_default_gateway;
+    let hairpin = match raw.get("hairpinMode") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("field \"hairpinMode\" must be a boolean")),
+    };
     let ipam = IpamConfig::parse(
         raw.get("ipam")
             .ok_or_else(|| invalid("missing required field \"ipam\""))?,
@@ -151,6 +160,7 @@ fn parse_conf(stdin: &[u8]) -> Result<Conf, CniError> {
         bridge,
         mtu,
         is_gateway,
+        hairpin,
         default_route: is_default_gateway || ipam_has_default(&ipam),
         ipam,
         raw,
@@ -225,8 +235,34 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     }
 }
 
+/// The requested container MAC: `runtimeConfig.mac` (capability `mac`), then `args.cni.mac`,
+/// then `MAC=` in `CNI_ARGS`, as the reference bridge plugin reads them.
+fn requested_mac(inv: &Invocation, conf: &Conf) -> Result<Option<[u8; 6]>, CniError> {
+    let from_args = inv
+        .args
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("MAC="))
+        .map(str::to_string);
+    let wanted = conf.raw["runtimeConfig"]["mac"]
+        .as_str()
+        .or(conf.raw["args"]["cni"]["mac"].as_str())
+        .map(str::to_string)
+        .or(from_args);
+    match wanted {
+        None => Ok(None),
+        Some(m) => link::parse_mac(&m).map(Some).ok_or_else(|| {
+            CniError::new(
+                ErrorCode::InvalidNetworkConfig,
+                "invalid MAC address",
+                format!("{m:?} is not a unicast MAC address (aa:bb:cc:dd:ee:ff)"),
+            )
+        }),
+    }
+}
+
 fn add(inv: &Invocation, conf: &Conf) -> Result<Value, CniError> {
     let netns = inv.netns.clone().unwrap_or_default();
+    let mac = requested_mac(inv, conf)?;
     let alloc = {
         let store = Store::lock(&conf.ipam, &conf.name)?;
         store.allocate(&conf.ipam, &inv.container_id, &inv.ifname)?
@@ -239,6 +275,8 @@ fn add(inv: &Invocation, conf: &Conf) -> Result<Value, CniError> {
         is_gateway: conf.is_gateway,
         default_route: conf.default_route,
         routes: conf.ipam.routes.clone(),
+        hairpin: conf.hairpin,
+        mac,
     };
     let attached = match link::attach(&netns, &attach, alloc) {
         Ok(a) => a,

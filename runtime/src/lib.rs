@@ -11,6 +11,7 @@ pub mod idmap;
 pub mod image;
 pub mod kernel_check;
 pub mod mount_options;
+pub mod pod;
 pub mod ports;
 pub mod process;
 pub mod rootfs;

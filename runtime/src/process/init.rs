@@ -138,7 +138,7 @@ pub fn join_namespaces(join: &[(CloneFlags, OwnedFd)]) -> Result<(), String> {
 }
 
 /// Sets `lo` up in the current network namespace.
-fn loopback_up() -> std::io::Result<()> {
+pub(crate) fn loopback_up() -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: socket(2) with constant arguments; the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
