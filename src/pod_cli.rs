@@ -63,6 +63,9 @@ pub enum PodCommand {
         /// The manifest (`-` for stdin).
         #[arg(long = "file", short = 'f')]
         file: PathBuf,
+        /// Network for a pod without `hostNetwork: true`: none, bridge or a CNI network name.
+        #[arg(long, default_value = "bridge")]
+        network: String,
         #[command(flatten)]
         cni: CniArgs,
     },
@@ -208,7 +211,7 @@ pub fn run(p: Paths<'_>, cmd: &PodCommand) -> Result<ExitCode> {
             println!("{}", st.name);
             Ok(ExitCode::SUCCESS)
         }
-        PodCommand::Run { file, cni } => crate::pod_manifest::run(p, file, cni),
+        PodCommand::Run { file, network, cni } => crate::pod_manifest::run(p, file, network, cni),
         PodCommand::Ps { format } => ps(p, format),
         PodCommand::Inspect { names } => {
             let pods = Pods::new(p.state);

@@ -133,7 +133,7 @@ fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
 }
 
 /// `podlet pod run -f FILE`.
-pub fn run(p: Paths<'_>, file: &PathBuf, cni: &CniArgs) -> Result<ExitCode> {
+pub fn run(p: Paths<'_>, file: &PathBuf, network: &str, cni: &CniArgs) -> Result<ExitCode> {
     let pod = read_manifest(file)?;
     let meta = &pod.metadata;
     let name = match (&meta.name, &meta.generate_name) {
@@ -187,7 +187,11 @@ pub fn run(p: Paths<'_>, file: &PathBuf, cni: &CniArgs) -> Result<ExitCode> {
     if let Some(ns) = &meta.namespace {
         labels.insert("io.kubernetes.pod.namespace".into(), ns.clone());
     }
-    let network = if spec.host_network == Some(true) { "host" } else { "bridge" };
+    let network = if spec.host_network == Some(true) {
+        "host"
+    } else {
+        network
+    };
     let st = create_pod(
         p.state,
         &PodSpec {
@@ -199,7 +203,11 @@ pub fn run(p: Paths<'_>, file: &PathBuf, cni: &CniArgs) -> Result<ExitCode> {
     )?;
     let started = (|| -> Result<()> {
         for (a, init) in &all_args {
-            let code = crate::run_cli::run(p.root, p.state, p.cgroup_root, a)?;
+            let a = RunArgs {
+                quiet: true,
+                ..a.clone()
+            };
+            let code = crate::run_cli::run(p.root, p.state, p.cgroup_root, &a)?;
             if *init && code != ExitCode::SUCCESS {
                 bail!("init container {:?} failed", a.name.as_deref().unwrap_or(""));
             }
@@ -213,6 +221,7 @@ pub fn run(p: Paths<'_>, file: &PathBuf, cni: &CniArgs) -> Result<ExitCode> {
         let _ = Pods::new(p.state).remove(&st.name);
         return Err(e);
     }
+    println!("{}", st.name);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -21,7 +21,7 @@ use podlet_runtime::state::{StateRoot, Status};
 use serde_json::{json, Value};
 
 /// `podlet run` flags (docker/podman's).
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Clone)]
 pub struct RunArgs {
     /// Remove the container and its snapshot when it exits.
     #[arg(long)]
