@@ -8,6 +8,7 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::RouteProtocol;
 use rtnetlink::Handle;
 
 use crate::error::{CniError, ErrorCode};
@@ -289,6 +290,7 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                     h.route()
                         .add()
                         .v4()
+                        .protocol(RouteProtocol::Boot)
                         .gateway(alloc.gateway)
                         .execute()
                         .await
@@ -301,6 +303,7 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                     h.route()
                         .add()
                         .v4()
+                        .protocol(RouteProtocol::Boot)
                         .destination_prefix(dst.network, dst.prefix)
                         .gateway(gw.unwrap_or(alloc.gateway))
                         .execute()
@@ -344,8 +347,14 @@ pub fn detach(netns: Option<&Path>, ifname: &str) -> Result<(), CniError> {
     })
 }
 
-/// CHECK: the interface exists in the container and carries `ip`.
-pub fn check(netns: &Path, ifname: &str, ip: Ipv4Addr) -> Result<(), CniError> {
+/// CHECK: the interface exists in the container, carries `ip`, and has `mac` when given
+/// (the MAC the previous result reported).
+pub fn check(
+    netns: &Path,
+    ifname: &str,
+    ip: Ipv4Addr,
+    mac: Option<String>,
+) -> Result<(), CniError> {
     let ifname = ifname.to_string();
     in_netns(netns, move || {
         with_handle(move |h| {
@@ -357,6 +366,16 @@ pub fn check(netns: &Path, ifname: &str, ip: Ipv4Addr) -> Result<(), CniError> {
                         format!("interface {ifname} is missing"),
                     )
                 })?;
+                if let Some(want) = &mac {
+                    let got = mac_of(&l);
+                    if !got.eq_ignore_ascii_case(want) {
+                        return Err(CniError::new(
+                            ErrorCode::IoFailure,
+                            "check failed",
+                            format!("interface {ifname} has MAC {got}, the result says {want}"),
+                        ));
+                    }
+                }
                 let mut addrs = h
                     .address()
                     .get()

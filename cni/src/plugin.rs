@@ -198,8 +198,34 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                 )
             })?;
             drop(store);
+            // The previous result must describe this attachment: its container interface (the
+            // one with a sandbox) and its address.
+            let prev = &conf.raw["prevResult"];
+            let mut mac = None;
+            if prev.is_object() {
+                let ifc = prev["interfaces"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|i| i["sandbox"].is_string() && i["name"] == inv.ifname.as_str());
+                let Some(ifc) = ifc else {
+                    return Err(CniError::new(
+                        ErrorCode::InvalidNetworkConfig,
+                        "check failed",
+                        format!("prevResult has no interface {} in a sandbox", inv.ifname),
+                    ));
+                };
+                mac = ifc["mac"].as_str().map(str::to_string);
+                if first_ip(prev) != Some(ip) {
+                    return Err(CniError::new(
+                        ErrorCode::IoFailure,
+                        "check failed",
+                        format!("prevResult's address is not the allocated {ip}"),
+                    ));
+                }
+            }
             let netns = inv.netns.as_deref().unwrap_or(std::path::Path::new(""));
-            link::check(netns, &inv.ifname, ip)?;
+            link::check(netns, &inv.ifname, ip, mac)?;
             Ok(None)
         }
         "STATUS" => {

@@ -2,50 +2,12 @@
 //! namespaces, all held by processes this test starts and kills (nothing in the host's
 //! network namespace), and 100 concurrent ADDs that get 100 distinct addresses.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+
+use std::path::Path;
 
 use serde_json::{json, Value};
-
-/// A network namespace held by `unshare --net sleep`; killed on drop.
-struct Netns(Child);
-
-impl Netns {
-    fn new() -> Netns {
-        let child = Command::new("unshare")
-            .args(["--net", "sh", "-c", "exec sleep 1000"])
-            .spawn()
-            .unwrap();
-        for _ in 0..500 {
-            let comm =
-                std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default();
-            if comm.trim() == "sleep" {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        Netns(child)
-    }
-    fn path(&self) -> PathBuf {
-        format!("/proc/{}/ns/net", self.0.id()).into()
-    }
-    /// Runs a command inside this namespace.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::Netns;
 
 fn conf(data: &Path) -> Value {
     json!({
@@ -56,30 +18,10 @@ fn conf(data: &Path) -> Value {
     })
 }
 
-/// Runs the plugin inside `node`, for `cmd`, with `config` on stdin.
+/// Runs podlet-cni inside `node`, for `cmd`, with `config` on stdin.
 fn cni(node: &Netns, cmd: &str, id: &str, pod: Option<&Path>, config: &Value) -> (bool, Value) {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", node.path().display()))
-        .arg(env!("CARGO_BIN_EXE_podlet-cni"))
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/nonexistent")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    if let Some(p) = pod {
-        c.env("CNI_NETNS", p);
-    }
-    let mut child = c.spawn().unwrap();
-    // The plugin may refuse before reading its config (a bad environment): ignore EPIPE.
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.to_string().as_bytes());
-    let out = child.wait_with_output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.success(), v)
+    let exe = Path::new(env!("CARGO_BIN_EXE_podlet-cni"));
+    support::plugin(exe, "/nonexistent", node, cmd, id, pod, config)
 }
 
 #[test]
