@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run conformance
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni conformance
 
 all: build
 
@@ -51,6 +51,10 @@ bench-runtime: release
 # podlet run vs podman, podlet pull vs skopeo (results: docs/benchmarks.md).
 bench-run: release
 	./scripts/bench-run.sh
+
+# podlet-cni vs containernetworking-plugins bridge+host-local (results: docs/benchmarks.md).
+bench-cni: release
+	./scripts/bench-cni.sh
 
 # The OCI runtime-tools validation suite; RUNTIME_TOOLS=checkout built with Go (docs/conformance.md).
 conformance: build

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::RouteProtocol;
 use rtnetlink::Handle;
 
@@ -168,9 +168,7 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
             format!("{}: {e}", netns.display()),
         )
     })?;
-    let peer_tmp = format!("tmp{}", &a.host_veth[a.host_veth.len().saturating_sub(8)..]);
     let cfg = a.clone();
-    let peer_host = peer_tmp.clone();
     let (bridge_mac, host_mac) = with_handle(move |h| {
         Box::pin(async move {
             let br = match link_by_name(&h, &cfg.bridge).await? {
@@ -214,29 +212,37 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                     .await
                     .map_err(|e| fail("remove stale veth", e))?;
             }
-            h.link()
-                .add()
-                .veth(cfg.host_veth.clone(), peer_host.clone())
-                .execute()
-                .await
-                .map_err(|e| fail("add veth", e))?;
+            // One RTM_NEWLINK makes the pair with the container end born inside the pod's
+            // namespace under its final name, MTU and MAC: moving a link between namespaces
+            // afterwards costs the kernel a network-wide RCU sync, most of an ADD.
+            // (rtnetlink's `veth(a, b)` puts `a` in the peer message and `b` in the main one.)
+            let mut req = h.link().add().veth(cfg.ifname.clone(), cfg.host_veth.clone());
+            let msg = req.message_mut();
+            if let Some(m) = cfg.mtu {
+                msg.attributes.push(LinkAttribute::Mtu(m));
+            }
+            msg.attributes.push(LinkAttribute::Controller(br_idx));
+            for attr in msg.attributes.iter_mut() {
+                let LinkAttribute::LinkInfo(infos) = attr else {
+                    continue;
+                };
+                for info in infos.iter_mut() {
+                    if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = info {
+                        peer.attributes
+                            .push(LinkAttribute::NetNsFd(ns_fd.as_raw_fd()));
+                        if let Some(m) = cfg.mtu {
+                            peer.attributes.push(LinkAttribute::Mtu(m));
+                        }
+                        if let Some(mac) = cfg.mac {
+                            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+                        }
+                    }
+                }
+            }
+            req.execute().await.map_err(|e| fail("add veth", e))?;
             let host = link_by_name(&h, &cfg.host_veth)
                 .await?
                 .ok_or_else(|| fail("veth", "vanished"))?;
-            let peer = link_by_name(&h, &peer_host)
-                .await?
-                .ok_or_else(|| fail("veth peer", "vanished"))?;
-            h.link()
-                .set(peer.header.index)
-                .setns_by_fd(ns_fd.as_raw_fd())
-                .execute()
-                .await
-                .map_err(|e| fail("move veth into the container", e))?;
-            let mut set = h.link().set(host.header.index).controller(br_idx).up();
-            if let Some(m) = cfg.mtu {
-                set = set.mtu(m);
-            }
-            set.execute().await.map_err(|e| fail("veth up", e))?;
             if cfg.hairpin {
                 let mut h = h.clone();
                 set_bridge_port(
@@ -254,23 +260,14 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
     let container_mac = in_netns(netns, move || {
         with_handle(move |h| {
             Box::pin(async move {
-                let l = link_by_name(&h, &peer_tmp)
+                let l = link_by_name(&h, &cfg.ifname)
                     .await?
                     .ok_or_else(|| fail("container veth", "not in the namespace"))?;
                 let idx = l.header.index;
-                if let Some(mac) = cfg.mac {
-                    h.link()
-                        .set(idx)
-                        .address(mac.to_vec())
-                        .execute()
-                        .await
-                        .map_err(|e| fail("container MAC", e))?;
-                }
-                let mut set = h.link().set(idx).name(cfg.ifname.clone()).up();
-                if let Some(m) = cfg.mtu {
-                    set = set.mtu(m);
-                }
-                set.execute()
+                h.link()
+                    .set(idx)
+                    .up()
+                    .execute()
                     .await
                     .map_err(|e| fail("container interface", e))?;
                 if let Some(lo) = link_by_name(&h, "lo").await? {
@@ -310,9 +307,6 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                         .await
                         .map_err(|e| fail("route", e))?;
                 }
-                let l = link_by_name(&h, &cfg.ifname)
-                    .await?
-                    .ok_or_else(|| fail("container interface", "vanished"))?;
                 Ok(mac_of(&l))
             })
         })
