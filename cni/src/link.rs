@@ -318,12 +318,123 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
     })
 }
 
-/// Removes the container interface (and so the pair). A missing namespace or interface is
-/// not an error: DEL is idempotent.
-pub fn detach(netns: Option<&Path>, ifname: &str) -> Result<(), CniError> {
-    let Some(netns) = netns.filter(|p| p.exists()) else {
+/// Names of detached veths waiting for the reaper: `pdel` + the ifindex in hex.
+pub const TOMBSTONE_PREFIX: &str = "pdel";
+
+/// Takes a link out of service at once: down, IPv4 addresses removed, renamed to a tombstone
+/// so its name is free again. Returns the tombstone name.
+async fn retire(h: &Handle, l: &LinkMessage) -> Result<String, CniError> {
+    let idx = l.header.index;
+    h.link()
+        .set(idx)
+        .down()
+        .execute()
+        .await
+        .map_err(|e| fail("interface down", e))?;
+    let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+    let mut found = Vec::new();
+    while let Some(a) = addrs.try_next().await.map_err(|e| fail("addresses", e))? {
+        found.push(a);
+    }
+    for a in found {
+        h.address()
+            .del(a)
+            .execute()
+            .await
+            .map_err(|e| fail("remove address", e))?;
+    }
+    let name = format!("{TOMBSTONE_PREFIX}{idx:x}");
+    h.link()
+        .set(idx)
+        .name(name.clone())
+        .execute()
+        .await
+        .map_err(|e| fail("rename interface", e))?;
+    Ok(name)
+}
+
+/// DEL: the container interface and the host end are retired at once (down, no address,
+/// renamed, so a new ADD can reuse both names); destroying the pair — which costs the kernel
+/// an RCU barrier of ~20 ms — is left to [`destroy_tombstone`], which the plugin runs in a
+/// detached process. Returns the host end's tombstone, if there was a host end.
+/// A missing namespace or interface is not an error: DEL is idempotent.
+pub fn detach(
+    netns: Option<&Path>,
+    ifname: &str,
+    host_veth: &str,
+) -> Result<Option<String>, CniError> {
+    if let Some(netns) = netns.filter(|p| p.exists()) {
+        let ifname = ifname.to_string();
+        in_netns(netns, move || {
+            with_handle(move |h| {
+                Box::pin(async move {
+                    if let Some(l) = link_by_name(&h, &ifname).await? {
+                        retire(&h, &l).await?;
+                    }
+                    Ok(())
+                })
+            })
+        })?;
+    }
+    let host_veth = host_veth.to_string();
+    with_handle(move |h| {
+        Box::pin(async move {
+            match link_by_name(&h, &host_veth).await? {
+                Some(l) => retire(&h, &l).await.map(Some),
+                None => Ok(None),
+            }
+        })
+    })
+}
+
+/// Deletes the tombstone `name` (and so its veth pair) in this namespace, if it still exists.
+pub fn destroy_tombstone(name: &str) -> Result<(), CniError> {
+    if !name.starts_with(TOMBSTONE_PREFIX) {
+        return Err(fail("destroy", format!("{name} is not a tombstone")));
+    }
+    let name = name.to_string();
+    with_handle(move |h| {
+        Box::pin(async move {
+            if let Some(l) = link_by_name(&h, &name).await? {
+                match h.link().del(l.header.index).execute().await {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+                    r => r.map_err(|e| fail("delete interface", e))?,
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Deletes every tombstone in this namespace (GC: reapers that never ran).
+pub fn destroy_all_tombstones() -> Result<(), CniError> {
+    let names = with_handle(|h| {
+        Box::pin(async move {
+            let mut links = h.link().get().execute();
+            let mut names = Vec::new();
+            while let Some(l) = links.try_next().await.map_err(|e| fail("links", e))? {
+                for a in &l.attributes {
+                    if let LinkAttribute::IfName(n) = a {
+                        if n.starts_with(TOMBSTONE_PREFIX) {
+                            names.push(n.clone());
+                        }
+                    }
+                }
+            }
+            Ok(names)
+        })
+    })?;
+    for n in names {
+        destroy_tombstone(&n)?;
+    }
+    Ok(())
+}
+
+/// Removes the container interface at once (a failed ADD cleaning up after itself).
+pub fn remove_now(netns: &Path, ifname: &str) -> Result<(), CniError> {
+    if !netns.exists() {
         return Ok(());
-    };
+    }
     let ifname = ifname.to_string();
     in_netns(netns, move || {
         with_handle(move |h| {

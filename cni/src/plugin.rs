@@ -184,8 +184,13 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         "ADD" => add(inv, &conf).map(Some),
         "DEL" => {
             let store = Store::lock(&conf.ipam, &conf.name)?;
-            link::detach(inv.netns.as_deref(), &inv.ifname)?;
+            let host_veth = host_veth_name(&inv.container_id, &inv.ifname);
+            let tombstone = link::detach(inv.netns.as_deref(), &inv.ifname, &host_veth)?;
             store.release(&inv.container_id, &inv.ifname)?;
+            drop(store);
+            if let Some(t) = tombstone {
+                spawn_reaper(&t);
+            }
             Ok(None)
         }
         "CHECK" => {
@@ -255,6 +260,7 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                 .collect();
             let store = Store::lock(&conf.ipam, &conf.name)?;
             store.gc(&valid)?;
+            link::destroy_all_tombstones()?;
             Ok(None)
         }
         _ => unreachable!("commands are checked in Invocation::from_env"),
@@ -308,7 +314,7 @@ fn add(inv: &Invocation, conf: &Conf) -> Result<Value, CniError> {
         Ok(a) => a,
         Err(e) => {
             // Leave nothing: no address held, no half-made pair.
-            let _ = link::detach(Some(&netns), &inv.ifname);
+            let _ = link::remove_now(&netns, &inv.ifname);
             if let Ok(store) = Store::lock(&conf.ipam, &conf.name) {
                 let _ = store.release(&inv.container_id, &inv.ifname);
             }
@@ -342,6 +348,32 @@ fn add(inv: &Invocation, conf: &Conf) -> Result<Value, CniError> {
         "routes": routes,
         "dns": {},
     }))
+}
+
+/// The environment variable that turns `podlet-cni` into the reaper of one tombstone.
+pub const REAP_ENV: &str = "PODLET_CNI_REAP";
+
+/// Starts a detached `podlet-cni` (own session, stdio on /dev/null, not waited for) that
+/// destroys the tombstoned pair `name` in this namespace. If it cannot start, the pair is
+/// destroyed here instead.
+fn spawn_reaper(name: &str) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.env_clear()
+        .env(REAP_ENV, name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    if cmd.spawn().is_err() {
+        let _ = link::destroy_tombstone(name);
+    }
 }
 
 /// Parses an IPv4 address out of a result's `ips[0].address` (for tests and callers).

@@ -98,7 +98,11 @@ fn observe(kind: &str, exe: &Path, cni_path: &str) -> BTreeMap<&'static str, Val
     let (ok, r) = plugin(exe, cni_path, &node, "DEL", "ctr1", Some(&netns), &prev);
     seen.insert("del", json!([ok, r]));
     seen.insert("pod eth0 after del", json!(pod.text(&["ip", "-o", "link"]).contains("eth0")));
-    seen.insert("node veths after del", json!(node.text(&["ip", "-o", "link", "show", "type", "veth"]).lines().count()));
+    // podlet-cni retires the pair at once and destroys it in a detached reaper.
+    let gone = support::eventually(|| {
+        node.text(&["ip", "-o", "link", "show", "type", "veth"]).is_empty()
+    });
+    seen.insert("node veths gone after del", json!(gone));
     let held = std::fs::read_dir(data.path().join("refnet"))
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).count())
         .unwrap_or(0);

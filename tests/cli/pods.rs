@@ -312,12 +312,25 @@ fn cross_node(mtu: u32, setup: impl Fn(&Topology, &[Subnet])) {
     for (i, p) in nodes.iter().enumerate() {
         p.ok(&["pod", "rm", "--force", &format!("pod{i}0"), &format!("pod{i}1")]);
         assert_eq!(p.ipam_files(), 0, "node {i} still holds addresses");
-        let links = topo.nodes[i].run("ip", &["-o", "link", "show", "type", "veth"]).unwrap();
-        let links = String::from_utf8_lossy(&links.stdout);
-        assert!(
-            !links.contains("veth") || links.lines().all(|l| l.contains("eth0")),
-            "node {i}: {links}"
-        );
+        // Only the node's own underlay link stays (retired pairs go with their reapers and
+        // with the pods' namespaces, both asynchronously).
+        let pod_links = || {
+            let out = topo.nodes[i].run("ip", &["-o", "link", "show", "type", "veth"]).unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.contains(" eth0@"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let mut left = pod_links();
+        for _ in 0..300 {
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            left = pod_links();
+        }
+        assert!(left.is_empty(), "node {i}: {left:?}");
     }
     drop(nodes);
     drop(topo);

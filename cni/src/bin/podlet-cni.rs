@@ -7,6 +7,13 @@ use std::process::ExitCode;
 use podlet_cni::plugin::{self, Invocation};
 
 fn main() -> ExitCode {
+    // Started by DEL to destroy a retired veth pair off the caller's critical path.
+    if let Ok(name) = std::env::var(plugin::REAP_ENV) {
+        return match podlet_cni::link::destroy_tombstone(&name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        };
+    }
     let result = Invocation::from_env(|k| std::env::var(k).ok()).and_then(|inv| {
         let mut stdin = Vec::new();
         if inv.command != "VERSION" {

@@ -96,3 +96,15 @@ pub fn plugin(
     let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.success(), v)
 }
+
+/// Polls `f` every 10 ms for up to 3 s: DEL leaves the retired veth pair to a detached reaper.
+#[allow(dead_code)]
+pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
