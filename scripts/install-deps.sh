@@ -23,6 +23,8 @@ PACKAGES=(
     skopeo            # pushes images to the test registry
     docker-registry   # a real OCI registry on loopback for pull/push tests
     apache2-utils     # htpasswd, for the registry basic-auth test
+    containernetworking-plugins  # the reference bridge + host-local for podlet-cni's tests
+    hyperfine         # make bench-*
     tar
 )
 

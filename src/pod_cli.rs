@@ -27,7 +27,10 @@ impl CniArgs {
         let mut dirs: Vec<PathBuf> = std::env::split_paths(&self.cni_path)
             .filter(|p| !p.as_os_str().is_empty())
             .collect();
-        if let Some(own) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        if let Some(own) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
             dirs.push(own);
         }
         dirs
@@ -39,7 +42,11 @@ impl CniArgs {
             "none" => PodNetwork::None,
             "host" => PodNetwork::Host,
             name => {
-                let name = if name == "bridge" { cni::DEFAULT_NETWORK } else { name };
+                let name = if name == "bridge" {
+                    cni::DEFAULT_NETWORK
+                } else {
+                    name
+                };
                 if name.is_empty() || name.contains('/') {
                     bail!("--network {value:?}: expected none, host, bridge or a CNI network name");
                 }

@@ -2,7 +2,7 @@
 //! `kubectl` accepts reads the same here) turned into a pod and its containers. Init containers
 //! run to completion first, in order; then every container starts detached.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -21,8 +21,8 @@ pub fn read_manifest(file: &Path) -> Result<Pod> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
     };
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("{}: not YAML/JSON", file.display()))?;
+    let value: serde_yaml::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{}: not YAML/JSON", file.display()))?;
     match value.get("kind").and_then(|k| k.as_str()) {
         Some("Pod") => {}
         Some(other) => bail!("{}: kind {other:?} is not a Pod", file.display()),
@@ -78,9 +78,16 @@ fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
     let mut env = Vec::new();
     for e in c.env.iter().flatten() {
         if e.value_from.is_some() {
-            bail!(ctx(&format!("env {:?}: valueFrom needs the cluster (use a value)", e.name)));
+            bail!(ctx(&format!(
+                "env {:?}: valueFrom needs the cluster (use a value)",
+                e.name
+            )));
         }
-        env.push(format!("{}={}", e.name, e.value.clone().unwrap_or_default()));
+        env.push(format!(
+            "{}={}",
+            e.name,
+            e.value.clone().unwrap_or_default()
+        ));
     }
     let mut a = RunArgs {
         detach: true,
@@ -107,12 +114,16 @@ fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
             a.cap_drop = caps.drop.clone().unwrap_or_default();
         }
         if sc.privileged == Some(true) {
-            bail!(ctx("privileged containers are not supported by `podlet pod run`"));
+            bail!(ctx(
+                "privileged containers are not supported by `podlet pod run`"
+            ));
         }
     }
     if let Some(limits) = c.resources.as_ref().and_then(|r| r.limits.as_ref()) {
         if let Some(m) = limits.get("memory") {
-            a.memory = Some((parse_quantity(&m.0).with_context(|| ctx("memory limit"))? as i64).to_string());
+            a.memory = Some(
+                (parse_quantity(&m.0).with_context(|| ctx("memory limit"))? as i64).to_string(),
+            );
         }
         if let Some(cpu) = limits.get("cpu") {
             a.cpus = Some(parse_quantity(&cpu.0).with_context(|| ctx("cpu limit"))?);
@@ -125,15 +136,20 @@ fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
                 Some("UDP") => "/udp",
                 Some(other) => bail!(ctx(&format!("port protocol {other:?} is not supported"))),
             };
-            let ip = p.host_ip.as_deref().map(|i| format!("{i}:")).unwrap_or_default();
-            a.publish.push(format!("{ip}{hp}:{}{proto}", p.container_port));
+            let ip = p
+                .host_ip
+                .as_deref()
+                .map(|i| format!("{i}:"))
+                .unwrap_or_default();
+            a.publish
+                .push(format!("{ip}{hp}:{}{proto}", p.container_port));
         }
     }
     Ok(a)
 }
 
 /// `podlet pod run -f FILE`.
-pub fn run(p: Paths<'_>, file: &PathBuf, network: &str, cni: &CniArgs) -> Result<ExitCode> {
+pub fn run(p: Paths<'_>, file: &Path, network: &str, cni: &CniArgs) -> Result<ExitCode> {
     let pod = read_manifest(file)?;
     let meta = &pod.metadata;
     let name = match (&meta.name, &meta.generate_name) {
@@ -172,8 +188,17 @@ pub fn run(p: Paths<'_>, file: &PathBuf, network: &str, cni: &CniArgs) -> Result
                 .iter()
                 .flatten()
                 .find(|v| v.name == m.name)
-                .with_context(|| format!("container {:?}: volumeMount {:?} names no volume", c.name, m.name))?;
-            let host = vol.host_path.as_ref().map(|h| h.path.clone()).unwrap_or_default();
+                .with_context(|| {
+                    format!(
+                        "container {:?}: volumeMount {:?} names no volume",
+                        c.name, m.name
+                    )
+                })?;
+            let host = vol
+                .host_path
+                .as_ref()
+                .map(|h| h.path.clone())
+                .unwrap_or_default();
             let ro = if m.read_only == Some(true) { ":ro" } else { "" };
             a.volumes.push(format!("{host}:{}{ro}", m.mount_path));
         }
@@ -209,7 +234,10 @@ pub fn run(p: Paths<'_>, file: &PathBuf, network: &str, cni: &CniArgs) -> Result
             };
             let code = crate::run_cli::run(p.root, p.state, p.cgroup_root, &a)?;
             if *init && code != ExitCode::SUCCESS {
-                bail!("init container {:?} failed", a.name.as_deref().unwrap_or(""));
+                bail!(
+                    "init container {:?} failed",
+                    a.name.as_deref().unwrap_or("")
+                );
             }
         }
         Ok(())

@@ -446,7 +446,9 @@ pub fn run(root: &Path, state: &Path, cgroup_root: Option<&Path>, a: &RunArgs) -
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let network = a.network.as_deref().unwrap_or("none");
     if a.pod.is_some() && (a.network.is_some() || a.hostname.is_some()) {
-        bail!("--network and --hostname cannot be combined with --pod: the container uses the pod's");
+        bail!(
+            "--network and --hostname cannot be combined with --pod: the container uses the pod's"
+        );
     }
     if !ports.is_empty() && network == "host" {
         bail!("--publish has no effect with --network host: the container already uses the host's ports");
@@ -730,7 +732,11 @@ fn stop_one(rt: &Runtime, name: &str, timeout: u64) -> Result<()> {
 }
 
 /// Stops the containers `ids` (a pod's), skipping ones already gone.
-pub(crate) fn stop_containers(p: crate::pod_cli::Paths<'_>, ids: &[String], timeout: u64) -> Result<()> {
+pub(crate) fn stop_containers(
+    p: crate::pod_cli::Paths<'_>,
+    ids: &[String],
+    timeout: u64,
+) -> Result<()> {
     let (_, rt) = store_and_runtime(p.root, p.state, p.cgroup_root)?;
     for id in ids {
         if rt.state(id).is_ok() {
@@ -749,7 +755,13 @@ pub(crate) fn remove_containers(p: crate::pod_cli::Paths<'_>, ids: &[String]) ->
     Ok(())
 }
 
-fn remove_one(store: &ImageStore, rt: &Runtime, state: &Path, name: &str, force: bool) -> Result<()> {
+fn remove_one(
+    store: &ImageStore,
+    rt: &Runtime,
+    state: &Path,
+    name: &str,
+    force: bool,
+) -> Result<()> {
     let snap = match Snapshot::open(store, name) {
         Ok(s) => s,
         Err(_) if force => {

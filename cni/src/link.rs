@@ -216,7 +216,10 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
             // namespace under its final name, MTU and MAC: moving a link between namespaces
             // afterwards costs the kernel a network-wide RCU sync, most of an ADD.
             // (rtnetlink's `veth(a, b)` puts `a` in the peer message and `b` in the main one.)
-            let mut req = h.link().add().veth(cfg.ifname.clone(), cfg.host_veth.clone());
+            let mut req = h
+                .link()
+                .add()
+                .veth(cfg.ifname.clone(), cfg.host_veth.clone());
             let msg = req.message_mut();
             if let Some(m) = cfg.mtu {
                 msg.attributes.push(LinkAttribute::Mtu(m));
@@ -248,7 +251,9 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                 set_bridge_port(
                     &mut h,
                     host.header.index,
-                    vec![netlink_packet_route::link::InfoBridgePort::HairpinMode(true)],
+                    vec![netlink_packet_route::link::InfoBridgePort::HairpinMode(
+                        true,
+                    )],
                 )
                 .await?;
             }

@@ -76,7 +76,11 @@ fn destination(r: &RouteMessage) -> Option<Subnet> {
 async fn our_routes(h: &Handle) -> Result<Vec<RouteMessage>, CniError> {
     let mut out = Vec::new();
     let mut routes = h.route().get(IpVersion::V4).execute();
-    while let Some(r) = routes.try_next().await.map_err(|e| fail("list routes", e))? {
+    while let Some(r) = routes
+        .try_next()
+        .await
+        .map_err(|e| fail("list routes", e))?
+    {
         if is_ours(&r) {
             out.push(r);
         }
@@ -150,10 +154,7 @@ pub fn ensure_vxlan(cfg: &VxlanConfig) -> Result<(), CniError> {
                 }
             };
             let idx = dev.header.index;
-            let mut set = h
-                .link()
-                .set(idx)
-                .address(vtep_mac(cfg.local_ip).to_vec());
+            let mut set = h.link().set(idx).address(vtep_mac(cfg.local_ip).to_vec());
             if let Some(m) = cfg.mtu {
                 set = set.mtu(m);
             }

@@ -60,7 +60,10 @@ fn add_check_del_in_real_namespaces() {
     let links = String::from_utf8_lossy(&pod.run(&["ip", "link"]).stdout).to_string();
     assert!(!links.contains("eth0"), "{links}");
     let addrs = pod.text(&["ip", "-4", "addr"]);
-    assert!(!addrs.contains("10.77.0.2"), "the address outlived DEL: {addrs}");
+    assert!(
+        !addrs.contains("10.77.0.2"),
+        "the address outlived DEL: {addrs}"
+    );
     assert!(cni(&node, "DEL", "pod-a", Some(&pod.path()), &cfg).0);
     assert!(cni(&node, "DEL", "pod-a", None, &cfg).0);
     let held: Vec<_> = std::fs::read_dir(data.path().join("podnet"))

@@ -30,7 +30,9 @@ fn conf(kind: &str, data: &Path) -> Value {
 }
 
 fn is_mac(s: &str) -> bool {
-    s.len() == 17 && s.split(':').all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+    s.len() == 17
+        && s.split(':')
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
 }
 
 /// What a user of either plugin can see, with the parts that are random by design (the host
@@ -49,7 +51,10 @@ fn observe(kind: &str, exe: &Path, cni_path: &str) -> BTreeMap<&'static str, Val
     let ifs = r["interfaces"].as_array_mut().unwrap();
     assert_eq!(ifs.len(), 3, "{kind}: {ifs:?}");
     let host_veth = ifs[1]["name"].as_str().unwrap().to_string();
-    assert!(host_veth.starts_with("veth") && host_veth.len() <= 15, "{kind}: {host_veth}");
+    assert!(
+        host_veth.starts_with("veth") && host_veth.len() <= 15,
+        "{kind}: {host_veth}"
+    );
     for i in ifs.iter_mut() {
         assert!(is_mac(i["mac"].as_str().unwrap()), "{kind}: {i}");
     }
@@ -64,11 +69,15 @@ fn observe(kind: &str, exe: &Path, cni_path: &str) -> BTreeMap<&'static str, Val
     let link = pod.text(&["ip", "-o", "link", "show", "eth0"]);
     seen.insert("pod eth0 mtu", json!(link.contains("mtu 1400")));
     seen.insert("pod eth0 mac", json!(link.contains("0a:58:0a:4d:00:09")));
-    seen.insert("pod eth0 addr", json!(pod.text(&["ip", "-4", "-o", "addr", "show", "eth0"])
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .map(str::to_string)));
+    seen.insert(
+        "pod eth0 addr",
+        json!(pod
+            .text(&["ip", "-4", "-o", "addr", "show", "eth0"])
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .map(str::to_string)),
+    );
     let mut routes: Vec<String> = pod
         .text(&["ip", "-4", "route"])
         .lines()
@@ -83,7 +92,10 @@ fn observe(kind: &str, exe: &Path, cni_path: &str) -> BTreeMap<&'static str, Val
     let veth = node.text(&["ip", "-d", "-o", "link", "show", &host_veth]);
     seen.insert("veth on bridge", json!(veth.contains("master rbr0")));
     seen.insert("veth hairpin", json!(veth.contains("hairpin on")));
-    seen.insert("node forwarding", json!(node.text(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim()));
+    seen.insert(
+        "node forwarding",
+        json!(node.text(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim()),
+    );
 
     let mut prev = cfg.clone();
     prev["prevResult"] = original;
@@ -97,14 +109,22 @@ fn observe(kind: &str, exe: &Path, cni_path: &str) -> BTreeMap<&'static str, Val
 
     let (ok, r) = plugin(exe, cni_path, &node, "DEL", "ctr1", Some(&netns), &prev);
     seen.insert("del", json!([ok, r]));
-    seen.insert("pod eth0 after del", json!(pod.text(&["ip", "-o", "link"]).contains("eth0")));
+    seen.insert(
+        "pod eth0 after del",
+        json!(pod.text(&["ip", "-o", "link"]).contains("eth0")),
+    );
     // podlet-cni retires the pair at once and destroys it in a detached reaper.
     let gone = support::eventually(|| {
-        node.text(&["ip", "-o", "link", "show", "type", "veth"]).is_empty()
+        node.text(&["ip", "-o", "link", "show", "type", "veth"])
+            .is_empty()
     });
     seen.insert("node veths gone after del", json!(gone));
     let held = std::fs::read_dir(data.path().join("refnet"))
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                .count()
+        })
         .unwrap_or(0);
     seen.insert("addresses held after del", json!(held));
     let (ok, _) = plugin(exe, cni_path, &node, "DEL", "ctr1", Some(&netns), &prev);
@@ -118,7 +138,11 @@ fn observe(kind: &str, exe: &Path, cni_path: &str) -> BTreeMap<&'static str, Val
     let (ok, r) = plugin(exe, cni_path, &node, "DEL", "ctr2", Some(&netns), &cfg);
     seen.insert("del without netns", json!([ok, r]));
     let held = std::fs::read_dir(data.path().join("refnet"))
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                .count()
+        })
         .unwrap_or(0);
     seen.insert("addresses held at the end", json!(held));
     seen
@@ -128,13 +152,25 @@ fn observe(kind: &str, exe: &Path, cni_path: &str) -> BTreeMap<&'static str, Val
 fn podlet_cni_agrees_with_the_reference_bridge_and_host_local() {
     let reference = Path::new(REFERENCE_DIR).join("bridge");
     if !reference.is_file() {
-        eprintln!("SKIP: {} missing (apt install containernetworking-plugins)", reference.display());
+        eprintln!(
+            "SKIP: {} missing (apt install containernetworking-plugins)",
+            reference.display()
+        );
         return;
     }
     let theirs = observe("bridge", &reference, REFERENCE_DIR);
-    let ours = observe("podlet-cni", Path::new(env!("CARGO_BIN_EXE_podlet-cni")), "/nonexistent");
+    let ours = observe(
+        "podlet-cni",
+        Path::new(env!("CARGO_BIN_EXE_podlet-cni")),
+        "/nonexistent",
+    );
     for (k, v) in &theirs {
-        assert_eq!(ours.get(k), Some(v), "{k}: reference {v} vs podlet-cni {:?}", ours.get(k));
+        assert_eq!(
+            ours.get(k),
+            Some(v),
+            "{k}: reference {v} vs podlet-cni {:?}",
+            ours.get(k)
+        );
     }
     assert_eq!(ours.len(), theirs.len());
 }

@@ -59,7 +59,9 @@ impl Podlet {
         let mut c = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg("--").arg(podlet);
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(podlet);
                 c
             }
             None => Command::new(podlet),
@@ -176,23 +178,62 @@ fn sandbox_pid(p: &Podlet, pod: &str) -> i64 {
 #[test]
 fn containers_in_one_pod_share_localhost_and_hostname() {
     let p = Podlet::new(None);
-    p.ok(&["pod", "create", "--name", "web", "--hostname", "webhost", "--network", "none"]);
     p.ok(&[
-        "run", "-d", "--pod", "web", "--name", "server", "busybox", "sh", "-c",
+        "pod",
+        "create",
+        "--name",
+        "web",
+        "--hostname",
+        "webhost",
+        "--network",
+        "none",
+    ]);
+    p.ok(&[
+        "run",
+        "-d",
+        "--pod",
+        "web",
+        "--name",
+        "server",
+        "busybox",
+        "sh",
+        "-c",
         "echo hello-over-localhost | nc -l -p 8080",
     ]);
     // The client retries until the server listens; both share the pod's network namespace.
     let out = p.ok(&[
-        "run", "--rm", "--pod", "web", "busybox", "sh", "-c",
+        "run",
+        "--rm",
+        "--pod",
+        "web",
+        "busybox",
+        "sh",
+        "-c",
         "hostname; for i in $(seq 50); do nc 127.0.0.1 8080 && exit 0; sleep 0.1; done; exit 1",
     ]);
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["webhost", "hello-over-localhost"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["webhost", "hello-over-localhost"]
+    );
     let ps = p.ok(&["pod", "ps"]);
     assert!(ps.contains("web") && ps.contains("Running"), "{ps}");
 
     // Bad use is refused with a reason, and nothing is left behind by the refusals.
-    let out = p.run(&["run", "--rm", "--pod", "web", "--network", "host", "busybox", "true"]);
-    assert!(!out.status.success() && err(&out).contains("--pod"), "{}", err(&out));
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--pod",
+        "web",
+        "--network",
+        "host",
+        "busybox",
+        "true",
+    ]);
+    assert!(
+        !out.status.success() && err(&out).contains("--pod"),
+        "{}",
+        err(&out)
+    );
     let out = p.run(&["run", "--rm", "--pod", "nope", "busybox", "true"]);
     assert!(err(&out).contains("no such pod: nope"), "{}", err(&out));
     let out = p.run(&["pod", "create", "--name", "web", "--network", "none"]);
@@ -202,7 +243,10 @@ fn containers_in_one_pod_share_localhost_and_hostname() {
 
     let sandbox = sandbox_pid(&p, "web");
     p.ok(&["pod", "stop", "-t", "1", "web"]);
-    assert!(!Path::new(&format!("/proc/{sandbox}")).exists(), "sandbox still runs");
+    assert!(
+        !Path::new(&format!("/proc/{sandbox}")).exists(),
+        "sandbox still runs"
+    );
     assert!(p.ok(&["pod", "ps"]).contains("Exited"));
     p.ok(&["pod", "rm", "web"]);
     assert!(p.pods().is_empty());
@@ -221,14 +265,24 @@ fn pod_run_from_a_kubernetes_manifest() {
     let holder = NetnsHolder::start(&bins::workspace_bin("podlet-test-workload")).unwrap();
     let q = Podlet::new(Some(&holder));
     q.network("10.91.0.0/24", 1500);
-    let mut args = vec!["pod", "run", "-f", manifest.to_str().unwrap(), "--network", "podnet"];
+    let mut args = vec![
+        "pod",
+        "run",
+        "-f",
+        manifest.to_str().unwrap(),
+        "--network",
+        "podnet",
+    ];
     let cni = q.cni_args();
     args.extend(cni.iter().map(String::as_str));
     let out = q.ok(&args);
     assert!(out.contains("kube"), "{out}");
     let ps = q.ok(&["ps"]);
     assert!(ps.contains("kube-main") && ps.contains("kube-side"), "{ps}");
-    assert!(!q.ok(&["ps", "-a"]).contains("kube-init"), "init containers are removed");
+    assert!(
+        !q.ok(&["ps", "-a"]).contains("kube-init"),
+        "init containers are removed"
+    );
     let mut logs = String::new();
     for _ in 0..50 {
         logs = q.ok(&["logs", "kube-main"]);
@@ -247,7 +301,11 @@ fn pod_run_from_a_kubernetes_manifest() {
     fs::write(&bad, "kind: Deployment\n").unwrap();
     let out = q.run(&["pod", "run", "-f", bad.to_str().unwrap()]);
     assert!(err(&out).contains("is not a Pod"), "{}", err(&out));
-    fs::write(&bad, "kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c}]}\n").unwrap();
+    fs::write(
+        &bad,
+        "kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c}]}\n",
+    )
+    .unwrap();
     let out = q.run(&["pod", "run", "-f", bad.to_str().unwrap()]);
     assert!(err(&out).contains("missing image"), "{}", err(&out));
     assert_eq!(q.pods(), ["kube"]);
@@ -277,7 +335,11 @@ fn cross_node(mtu: u32, setup: impl Fn(&Topology, &[Subnet])) {
     for (i, p) in nodes.iter().enumerate() {
         for j in 0..2 {
             let ip = p.pod(&format!("pod{i}{j}"));
-            assert!(cidrs[i].contains(ip.parse().unwrap()), "{ip} outside {:?}", cidrs[i]);
+            assert!(
+                cidrs[i].contains(ip.parse().unwrap()),
+                "{ip} outside {:?}",
+                cidrs[i]
+            );
             ips.push((i, format!("pod{i}{j}"), ip));
         }
     }
@@ -286,36 +348,67 @@ fn cross_node(mtu: u32, setup: impl Fn(&Topology, &[Subnet])) {
     // ICMP from a container in pod00 to every other pod (same node and across nodes).
     let script: String = ips[1..]
         .iter()
-        .map(|(_, _, ip)| format!("ping -c 1 -W 2 {ip} >/dev/null && echo ok {ip} || echo FAIL {ip}; "))
+        .map(|(_, _, ip)| {
+            format!("ping -c 1 -W 2 {ip} >/dev/null && echo ok {ip} || echo FAIL {ip}; ")
+        })
         .collect();
-    let out = nodes[0].ok(&["run", "--rm", "--pod", "pod00", "busybox", "sh", "-c", &script]);
+    let out = nodes[0].ok(&[
+        "run", "--rm", "--pod", "pod00", "busybox", "sh", "-c", &script,
+    ]);
     for (_, name, ip) in &ips[1..] {
-        assert!(out.contains(&format!("ok {ip}")), "pod00 → {name} ({ip}): {out}");
+        assert!(
+            out.contains(&format!("ok {ip}")),
+            "pod00 → {name} ({ip}): {out}"
+        );
     }
     // TCP: servers in a pod on node 0 (same node as the client) and on node 2.
     for (node, pod, ip) in [&ips[1], &ips[5]] {
         nodes[*node].ok(&[
-            "run", "-d", "--pod", pod, "--name", &format!("srv-{pod}"), "busybox", "sh", "-c",
+            "run",
+            "-d",
+            "--pod",
+            pod,
+            "--name",
+            &format!("srv-{pod}"),
+            "busybox",
+            "sh",
+            "-c",
             &format!("echo tcp-from-{pod} | nc -l -p 7000"),
         ]);
         let out = nodes[0].ok(&[
-            "run", "--rm", "--pod", "pod00", "busybox", "sh", "-c",
+            "run",
+            "--rm",
+            "--pod",
+            "pod00",
+            "busybox",
+            "sh",
+            "-c",
             &format!("for i in $(seq 50); do nc {ip} 7000 && exit 0; sleep 0.1; done; exit 1"),
         ]);
         assert_eq!(out.trim(), format!("tcp-from-{pod}"));
     }
     // And back: a pod on node 1 reaches node 0's pod (routes in both directions).
-    let out = nodes[1].ok(&["run", "--rm", "--pod", "pod10", "busybox", "ping", "-c", "1", "-W", "2", &ips[0].2]);
+    let out = nodes[1].ok(&[
+        "run", "--rm", "--pod", "pod10", "busybox", "ping", "-c", "1", "-W", "2", &ips[0].2,
+    ]);
     assert!(out.contains("1 packets received"), "{out}");
 
     // Removing the pods releases every address and leaves no veth on the nodes.
     for (i, p) in nodes.iter().enumerate() {
-        p.ok(&["pod", "rm", "--force", &format!("pod{i}0"), &format!("pod{i}1")]);
+        p.ok(&[
+            "pod",
+            "rm",
+            "--force",
+            &format!("pod{i}0"),
+            &format!("pod{i}1"),
+        ]);
         assert_eq!(p.ipam_files(), 0, "node {i} still holds addresses");
         // Only the node's own underlay link stays (retired pairs go with their reapers and
         // with the pods' namespaces, both asynchronously).
         let pod_links = || {
-            let out = topo.nodes[i].run("ip", &["-o", "link", "show", "type", "veth"]).unwrap();
+            let out = topo.nodes[i]
+                .run("ip", &["-o", "link", "show", "type", "veth"])
+                .unwrap();
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter(|l| !l.contains(" eth0@"))
@@ -394,7 +487,11 @@ fn pods_reach_each_other_across_nodes_with_vxlan() {
             // No host-gw route: pod traffic to other nodes must go through the overlay.
             let r = n.run("ip", &["route", "show", "proto", "157"]).unwrap();
             let r = String::from_utf8_lossy(&r.stdout);
-            assert!(r.lines().all(|l| l.contains("podlet.vxlan") && l.contains("onlink")), "{r}");
+            assert!(
+                r.lines()
+                    .all(|l| l.contains("podlet.vxlan") && l.contains("onlink")),
+                "{r}"
+            );
         }
     });
 }
@@ -411,9 +508,16 @@ fn dropping_a_peer_removes_its_route() {
     let r = n.run("ip", &["route", "show", "proto", "157"]).unwrap();
     assert!(String::from_utf8_lossy(&r.stdout).contains("10.244.1.0/24 via 10.213.0.2"));
     // A route someone else added is left alone.
-    n.run("ip", &["route", "add", "10.250.0.0/24", "via", "10.213.0.2"]).unwrap();
+    n.run(
+        "ip",
+        &["route", "add", "10.250.0.0/24", "via", "10.213.0.2"],
+    )
+    .unwrap();
     in_netns(n.netns(), || routing::sync_host_gw(&[])).unwrap();
     let r = n.run("ip", &["route"]).unwrap();
     let r = String::from_utf8_lossy(&r.stdout);
-    assert!(!r.contains("10.244.1.0/24") && r.contains("10.250.0.0/24"), "{r}");
+    assert!(
+        !r.contains("10.244.1.0/24") && r.contains("10.250.0.0/24"),
+        "{r}"
+    );
 }

@@ -89,7 +89,8 @@ impl CniNetwork {
         };
         files.sort();
         for f in &files {
-            let bytes = std::fs::read(f).map_err(|e| conf_error(format!("{}: {e}", f.display())))?;
+            let bytes =
+                std::fs::read(f).map_err(|e| conf_error(format!("{}: {e}", f.display())))?;
             let doc: Value = match serde_json::from_slice(&bytes) {
                 Ok(v) => v,
                 Err(e) => {
@@ -115,7 +116,9 @@ impl CniNetwork {
 
     fn plugin_path(&self, plugin: &str) -> Result<PathBuf, PodError> {
         if plugin.contains('/') || plugin.is_empty() || plugin.starts_with('.') {
-            return Err(conf_error(format!("plugin type {plugin:?} is not a plain name")));
+            return Err(conf_error(format!(
+                "plugin type {plugin:?} is not a plain name"
+            )));
         }
         self.plugin_dirs
             .iter()
@@ -187,13 +190,21 @@ impl CniNetwork {
                     v["msg"].as_str().unwrap_or("").to_string(),
                     v["details"].as_str().unwrap_or("").to_string(),
                 ),
-                None => (0, String::from_utf8_lossy(&out.stderr).trim().to_string(), String::new()),
+                None => (
+                    0,
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    String::new(),
+                ),
             };
             return Err(PodError::Plugin {
                 plugin: plugin.clone(),
                 command: command.into(),
                 code,
-                message: if details.is_empty() { msg } else { format!("{msg}: {details}") },
+                message: if details.is_empty() {
+                    msg
+                } else {
+                    format!("{msg}: {details}")
+                },
             });
         }
         Ok(parsed)
@@ -234,7 +245,13 @@ impl CniNetwork {
     }
 
     /// CHECK: every plugin in order, with the cached ADD result.
-    pub fn check(&self, id: &str, netns: &Path, ifname: &str, result: &Value) -> Result<(), PodError> {
+    pub fn check(
+        &self,
+        id: &str,
+        netns: &Path,
+        ifname: &str,
+        result: &Value,
+    ) -> Result<(), PodError> {
         for i in 0..self.list.plugins.len() {
             self.exec("CHECK", i, id, Some(netns), ifname, Some(result))?;
         }
