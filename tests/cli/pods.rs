@@ -313,6 +313,36 @@ fn pod_run_from_a_kubernetes_manifest() {
     q.ok(&["pod", "rm", "--force", "kube"]);
     assert!(q.pods().is_empty());
     assert_eq!(q.ipam_files(), 0, "address released");
+
+    // `podlet run --network NET`: a pod of its own, gone with the container.
+    let mut args = vec!["run", "--rm", "--network", "podnet"];
+    args.extend(cni.iter().map(String::as_str));
+    args.extend([
+        "busybox",
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0; ping -c 1 -W 2 10.91.0.1 >/dev/null && echo gateway-ok",
+    ]);
+    let out = q.ok(&args);
+    assert!(
+        out.contains("inet 10.91.0.") && out.contains("gateway-ok"),
+        "{out}"
+    );
+    assert!(q.pods().is_empty(), "the container's own pod outlived it");
+    assert_eq!(q.ipam_files(), 0, "address released");
+    let mut args = vec!["run", "-d", "--name", "web", "--network", "podlet-missing"];
+    args.extend(cni.iter().map(String::as_str));
+    args.extend(["busybox", "true"]);
+    let out = q.run(&args);
+    assert!(
+        err(&out).contains("no CNI network named \"podlet-missing\""),
+        "{}",
+        err(&out)
+    );
+    assert!(
+        q.ok(&["ps", "-a"]).lines().count() == 1 && q.pods().is_empty(),
+        "half-made state"
+    );
 }
 
 /// Three nodes, two pods each; `setup` wires the nodes' pod CIDRs together.
