@@ -4,3 +4,4 @@
 //! list/watch filtering, Services and ReplicaSets.
 
 pub mod selector;
+pub mod store;
