@@ -146,6 +146,21 @@ enum Command {
     /// Manage pods: containers sharing network, IPC and UTS namespaces.
     #[command(subcommand)]
     Pod(pod_cli::PodCommand),
+    /// Run the master: a Kubernetes-compatible API server (TLS, tokens) on SQLite or etcd.
+    Master {
+        /// State directory: the SQLite store, CA and certificates, tokens, encryption key.
+        #[arg(long, default_value = podlet_master::serve::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Address to serve the API on.
+        #[arg(long, default_value = "0.0.0.0:6443")]
+        listen: std::net::SocketAddr,
+        /// etcd endpoints, comma-separated (default: the embedded SQLite store).
+        #[arg(long, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
+        /// Extra host names or IP addresses for the serving certificate.
+        #[arg(long)]
+        tls_san: Vec<String>,
+    },
     /// A pod's sandbox process: holds its namespaces until stopped.
     #[command(hide = true)]
     Pause,
@@ -203,6 +218,28 @@ fn check_config(cli: &Cli, format: Format) -> Result<ExitCode> {
         );
         Ok(ExitCode::from(1))
     }
+}
+
+fn run_master(cfg: podlet_master::serve::MasterConfig) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let store = if cfg.etcd.is_empty() {
+        format!("SQLite at {}", cfg.data_dir.join("state.db").display())
+    } else {
+        format!("etcd at {}", cfg.etcd.join(","))
+    };
+    let data_dir = cfg.data_dir.clone();
+    rt.block_on(podlet_master::serve::serve(cfg, move |addr, sec| {
+        // Where things are; never the secrets themselves.
+        println!("podlet master: serving https://{addr} (store: {store})");
+        println!("podlet master: admin kubeconfig: {}", sec.kubeconfig.display());
+        println!("podlet master: node join token: {}", data_dir.join("node-token").display());
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -287,6 +324,17 @@ fn main() -> ExitCode {
             cmd,
         ),
         Command::Pause => podlet_runtime::pod::sandbox::pause_main(),
+        Command::Master {
+            data_dir,
+            listen,
+            etcd_endpoints,
+            tls_san,
+        } => run_master(podlet_master::serve::MasterConfig {
+            data_dir: data_dir.clone(),
+            listen: *listen,
+            etcd: etcd_endpoints.clone(),
+            tls_san: tls_san.clone(),
+        }),
         Command::Rm { force, names } => run_cli::rm(
             &cli.root,
             &cli.state,

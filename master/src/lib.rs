@@ -3,5 +3,8 @@
 //! This first layer is Kubernetes label selector parsing and matching ([`selector`]), used by
 //! list/watch filtering, Services and ReplicaSets.
 
+pub mod api;
+pub mod resources;
 pub mod selector;
+pub mod serve;
 pub mod store;

@@ -1,0 +1,155 @@
+//! Deletion: finalizers (an object with finalizers gets a `deletionTimestamp` and stays until
+//! they are removed), `preconditions`, and owner-reference propagation — `Background` deletes
+//! the owner then its dependents, `Foreground` the dependents first, `Orphan` strips the owner
+//! reference from dependents. Deleting a Namespace deletes everything in it.
+
+use serde_json::{json, Value};
+
+use super::server::AppState;
+use super::status::ApiError;
+use crate::resources::{Resource, RESOURCES};
+use crate::store::StoreError;
+
+/// Deletes one object per `opts` (`DeleteOptions`); returns its last state.
+pub async fn delete(st: &AppState, r: &'static Resource, ns: Option<&str>, name: &str, opts: &Value) -> Result<Value, ApiError> {
+    let key = r.key(ns, name);
+    let policy = opts["propagationPolicy"].as_str().unwrap_or(if opts["orphanDependents"] == true { "Orphan" } else { "Background" });
+    if !["Background", "Foreground", "Orphan"].contains(&policy) {
+        return Err(ApiError::BadRequest(format!("propagationPolicy {policy:?}: must be Background, Foreground or Orphan")));
+    }
+    for _ in 0..5 {
+        let kv = st.store.get(&key).await.map_err(|e| ApiError::from_store(r, name, e))?.ok_or_else(|| ApiError::not_found(r, name))?;
+        let obj = st.codec.decode(&kv)?;
+        if let Some(uid) = opts["preconditions"]["uid"].as_str() {
+            if obj["metadata"]["uid"] != uid {
+                return Err(ApiError::conflict(r, name));
+            }
+        }
+        if let Some(rv) = opts["preconditions"]["resourceVersion"].as_str() {
+            if rv != kv.mod_revision.to_string() {
+                return Err(ApiError::conflict(r, name));
+            }
+        }
+        let finalizers = obj["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        let is_namespace = r.kind == "Namespace";
+        if !finalizers.is_empty() || is_namespace {
+            if obj["metadata"]["deletionTimestamp"].is_null() {
+                let mut marked = obj.clone();
+                marked["metadata"]["deletionTimestamp"] = json!(super::objects::now());
+                marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                if is_namespace {
+                    marked["status"]["phase"] = json!("Terminating");
+                }
+                match st.store.update(&key, st.codec.encode(&marked)?, Some(kv.mod_revision)).await {
+                    Ok(rev) => {
+                        marked["metadata"]["resourceVersion"] = json!(rev.to_string());
+                        if is_namespace {
+                            let (st, name) = (st.clone(), name.to_string());
+                            tokio::spawn(async move { finish_namespace(&st, &name).await });
+                        }
+                        return Ok(marked);
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(ApiError::from_store(r, name, e)),
+                }
+            }
+            return Ok(obj);
+        }
+        let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        if policy == "Foreground" {
+            delete_dependents(st, ns, &uid, "Foreground").await?;
+        }
+        if policy == "Orphan" {
+            orphan_dependents(st, ns, &uid).await?;
+        }
+        match st.store.delete(&key, Some(kv.mod_revision)).await {
+            Ok(_) => {
+                if policy == "Background" {
+                    let (st, ns, uid) = (st.clone(), ns.map(str::to_string), uid.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = delete_dependents(&st, ns.as_deref(), &uid, "Background").await {
+                            tracing::warn!(error = %e, "deleting dependents");
+                        }
+                    });
+                }
+                return Ok(obj);
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(r, name, e)),
+        }
+    }
+    Err(ApiError::conflict(r, name))
+}
+
+/// Every object (in `ns` for namespaced kinds) with an owner reference to `uid`.
+async fn dependents(st: &AppState, ns: Option<&str>, uid: &str) -> Result<Vec<(&'static Resource, Value)>, ApiError> {
+    let mut out = Vec::new();
+    for r in RESOURCES {
+        if r.namespaced && ns.is_none() {
+            continue;
+        }
+        let page = st.store.list(&r.prefix_in(ns), None, 0, None).await.map_err(|e| ApiError::from_store(r, "", e))?;
+        for kv in &page.items {
+            let obj = st.codec.decode(kv)?;
+            let owned = obj["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|o| o["uid"] == uid));
+            if owned {
+                out.push((r, obj));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the dependents of `uid` with `policy` (boxed: deletion recurses through owners).
+fn delete_dependents<'a>(
+    st: &'a AppState,
+    ns: Option<&'a str>,
+    uid: &'a str,
+    policy: &'a str,
+) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+    Box::pin(async move {
+        if uid.is_empty() {
+            return Ok(());
+        }
+        for (r, obj) in dependents(st, ns, uid).await? {
+            let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let dns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+            match delete(st, r, dns.as_deref(), &name, &json!({"propagationPolicy": policy})).await {
+                Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn orphan_dependents(st: &AppState, ns: Option<&str>, uid: &str) -> Result<(), ApiError> {
+    for (r, obj) in dependents(st, ns, uid).await? {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("");
+        let dns = obj["metadata"]["namespace"].as_str();
+        let key = r.key(dns, name);
+        let mut o = obj.clone();
+        if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+            refs.retain(|x| x["uid"] != uid);
+        }
+        let rv: i64 = obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+        match st.store.update(&key, st.codec.encode(&o)?, Some(rv)).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(ApiError::from_store(r, name, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes everything in a terminating namespace, then the namespace.
+async fn finish_namespace(st: &AppState, ns: &str) {
+    for r in RESOURCES.iter().filter(|r| r.namespaced) {
+        let Ok(page) = st.store.list(&r.prefix_in(Some(ns)), None, 0, None).await else { continue };
+        for kv in page.items {
+            let _ = st.store.delete(&kv.key, None).await;
+        }
+    }
+    let r = crate::resources::find("", "v1", "namespaces").expect("namespaces");
+    let _ = st.store.delete(&r.key(None, ns), None).await;
+}

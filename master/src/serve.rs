@@ -1,0 +1,124 @@
+//! `podlet master`: open the store, make or load the security material, start the watch cache
+//! and serve the API over TLS until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::api::auth::Security;
+use crate::api::codec::Codec;
+use crate::api::server::{router, Inner};
+use crate::api::watch_cache::WatchCache;
+use crate::store::etcd::EtcdStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// Where `podlet master` keeps its state by default.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/podlet/master";
+
+/// How many revisions of history the store keeps for watches and consistent pages.
+pub const HISTORY: i64 = 50_000;
+
+/// Master settings.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// State directory (SQLite file, certificates, tokens, keys).
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// etcd endpoints (empty: embedded SQLite).
+    pub etcd: Vec<String>,
+    /// Extra names/addresses for the serving certificate.
+    pub tls_san: Vec<String>,
+}
+
+/// Why the master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// Security material.
+    #[error(transparent)]
+    Auth(#[from] crate::api::auth::AuthError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Binding or serving.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Creates the namespaces every cluster has.
+async fn ensure_namespaces(store: &dyn Store, codec: &Codec) -> Result<(), MasterError> {
+    let r = crate::resources::find("", "v1", "namespaces").expect("namespaces");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "uid": crate::api::objects::new_uid(), "creationTimestamp": crate::api::objects::now(),
+                         "labels": {"kubernetes.io/metadata.name": ns}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        let bytes = codec.encode(&obj).map_err(|e| MasterError::Io(e.to_string()))?;
+        match store.create(&r.key(None, ns), bytes).await {
+            Ok(_) | Err(crate::store::StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the master until a termination signal; `ready` gets the bound address once serving.
+pub async fn serve(cfg: MasterConfig, ready: impl FnOnce(SocketAddr, &Security)) -> Result<(), MasterError> {
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| MasterError::Io(format!("listen on {}: {e}", cfg.listen)))?;
+    listener.set_nonblocking(true).map_err(|e| MasterError::Io(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let url = format!("https://{host}:{}", addr.port());
+    let mut sans = cfg.tls_san.clone();
+    sans.push(host.clone());
+    let security = Security::load_or_create(&cfg.data_dir, &sans, &url)?;
+    let store: Arc<dyn Store> = if cfg.etcd.is_empty() {
+        Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db"))?)
+    } else {
+        Arc::new(EtcdStore::connect(&cfg.etcd).await?)
+    };
+    let codec = Codec::new(Some(security.encryption_key));
+    ensure_namespaces(store.as_ref(), &codec).await?;
+    let cache = WatchCache::start(store.clone(), codec.clone()).await?;
+    let compactor = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if let Ok(rev) = compactor.current_revision().await {
+                if rev > HISTORY {
+                    if let Err(e) = compactor.compact(rev - HISTORY).await {
+                        tracing::warn!(error = %e, "compaction");
+                    }
+                }
+            }
+        }
+    });
+    let state = Arc::new(Inner {
+        store,
+        codec,
+        cache,
+        tokens: Some(security.tokens.clone()),
+        address: format!("{host}:{}", addr.port()),
+    });
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(security.server_config()?));
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        h.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    ready(addr, &security);
+    axum_server::from_tcp_rustls(listener, tls)
+        .map_err(|e| MasterError::Io(e.to_string()))?
+        .handle(handle)
+        .serve(router(state).into_make_service())
+        .await
+        .map_err(|e| MasterError::Io(e.to_string()))
+}
