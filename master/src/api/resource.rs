@@ -92,6 +92,11 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
         .get("content-type")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("application/json");
+    if ct.contains("protobuf") || ct.contains("cbor") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
+        )));
+    }
     if ct.contains("yaml") {
         let v: serde_yaml::Value = serde_yaml::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))?;

@@ -1,0 +1,81 @@
+//! Shared by the master tests: a `podlet master` process on a loopback port with its own data
+//! directory, killed (by pid) when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running `podlet master`.
+pub struct Master {
+    child: Child,
+    /// The API address (`127.0.0.1:PORT`).
+    pub addr: String,
+    /// Its data directory.
+    pub data: PathBuf,
+}
+
+impl Master {
+    /// Starts a master on a free loopback port, with `extra` flags, keeping state in `data`.
+    pub fn start(data: &Path, extra: &[&str]) -> Master {
+        Master::start_on(data, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a master on `listen`.
+    pub fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Master {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_podlet"))
+            .args(["master", "--listen", listen, "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start podlet master");
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut addr = String::new();
+        for _ in 0..3 {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            if let Some(rest) = line.trim().strip_prefix("podlet master: serving https://") {
+                addr = rest.split_whitespace().next().unwrap_or("").to_string();
+            }
+        }
+        // Keep draining stdout so the master never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        assert!(!addr.is_empty(), "podlet master did not report its address");
+        Master {
+            child,
+            addr,
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// The admin kubeconfig it wrote.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data.join("admin.kubeconfig")
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
