@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// A running `podlet master`.
+#[allow(dead_code)] // each test binary uses a different part of it
 pub struct Master {
     child: Child,
     /// The API address (`127.0.0.1:PORT`).
@@ -60,11 +61,6 @@ impl Master {
     /// The admin kubeconfig it wrote.
     pub fn kubeconfig(&self) -> PathBuf {
         self.data.join("admin.kubeconfig")
-    }
-
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// SIGKILL, as a crash would.

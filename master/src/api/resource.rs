@@ -534,6 +534,21 @@ async fn bind(st: &AppState, t: &Target, binding: &Value) -> Result<Response, Ap
     Err(ApiError::conflict(t.resource, &name))
 }
 
+/// `obj` without its resourceVersion and managed-field timestamps: what a no-op write leaves
+/// unchanged (such a write is not stored, as kube-apiserver skips it).
+fn without_times(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+        if let Some(Value::Array(mf)) = m.get_mut("managedFields") {
+            for e in mf.iter_mut().filter_map(Value::as_object_mut) {
+                e.remove("time");
+            }
+        }
+    }
+    o
+}
+
 /// PUT and PATCH (also on `status` and `scale`), with retries when a patch races a writer.
 #[allow(clippy::too_many_arguments)]
 async fn write(
@@ -692,13 +707,7 @@ async fn write(
                 Err(e) => Err(ApiError::from_store(r, &name, e)),
             };
         }
-        if checked == {
-            let mut l = live.clone();
-            if let Some(m) = l["metadata"].as_object_mut() {
-                m.remove("resourceVersion");
-            }
-            l
-        } {
+        if without_times(&checked) == without_times(&live) {
             // No change: no write, same resourceVersion (kubectl prints "unchanged").
             let out = match t.sub.as_deref() {
                 Some("scale") => scale_of(t, &live),
