@@ -383,11 +383,12 @@ async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiErr
 }
 
 /// Admission and storage of a new object.
-pub async fn create(st: &AppState, t: &Target, mut obj: Value, fv: FieldValidation, manager: &str, dry: bool) -> Result<Value, ApiError> {
+pub async fn create(st: &AppState, t: &Target, obj: Value, fv: FieldValidation, manager: &str, dry: bool) -> Result<Value, ApiError> {
     let r = t.resource;
     if !obj.is_object() {
         return Err(ApiError::BadRequest("the request body must be an object".into()));
     }
+    let mut obj = obj;
     match obj["apiVersion"].as_str() {
         None => obj["apiVersion"] = json!(r.api_version()),
         Some(v) if v == r.api_version() => {}
@@ -398,6 +399,9 @@ pub async fn create(st: &AppState, t: &Target, mut obj: Value, fv: FieldValidati
         Some(k) if k == r.kind => {}
         Some(k) => return Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", r.kind))),
     }
+    // Shape first (unknown fields per `fieldValidation`): everything below may then index
+    // into the object without meeting a value of the wrong type.
+    let mut obj = objects::check_types(r, &obj, fv)?;
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
@@ -447,7 +451,7 @@ pub async fn create(st: &AppState, t: &Target, mut obj: Value, fv: FieldValidati
             obj["metadata"]["name"] = json!(format!("{g}{suffix}"));
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let checked = objects::check_types(r, &obj, fv)?;
+        let checked = objects::check_types(r, &obj, FieldValidation::Ignore)?;
         objects::validate(r, &checked)?;
         if dry {
             return Ok(checked);
@@ -586,6 +590,10 @@ async fn write(
         if live.is_none() {
             if content_type == "application/apply-patch+yaml" && t.sub.is_none() {
                 let applied = body_value.clone().unwrap_or(Value::Null);
+                if !applied.is_object() {
+                    return Err(ApiError::BadRequest("an apply patch must be an object".into()));
+                }
+                let applied = objects::check_types(r, &applied, fv)?;
                 authorize(id, "create", t, Some(&applied), None)?;
                 let obj = patch::apply(r.kind, None, &applied, &manager, &objects::now())?;
                 let mut obj = obj;
@@ -614,13 +622,28 @@ async fn write(
                 "application/json-patch+json" => patch::json_patch(&base, body)?,
                 "application/merge-patch+json" => patch::merge_patch(&base, body_value.as_ref().unwrap()),
                 "application/strategic-merge-patch+json" => patch::strategic_merge(r.kind, &base, body_value.as_ref().unwrap())?,
-                "application/apply-patch+yaml" => patch::apply(r.kind, Some(&base), body_value.as_ref().unwrap(), &manager, &objects::now())?,
+                "application/apply-patch+yaml" => {
+                    let applied = body_value.as_ref().unwrap();
+                    if !applied.is_object() {
+                        return Err(ApiError::BadRequest("an apply patch must be an object".into()));
+                    }
+                    let applied = objects::check_types(r, applied, fv)?;
+                    patch::apply(r.kind, Some(&base), &applied, &manager, &objects::now())?
+                }
                 other => return Err(ApiError::UnsupportedMediaType(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})"))),
             }
         };
         if !wanted.is_object() {
             return Err(ApiError::BadRequest("the object must be a JSON object".into()));
         }
+        // Shape first (as for create); the scale view is checked as a Scale.
+        let wanted = match t.sub.as_deref() {
+            Some("scale") => {
+                let scale = crate::resources::Resource { kind: "Scale", ..*r };
+                objects::check_types(&scale, &wanted, fv)?
+            }
+            _ => objects::check_types(r, &wanted, fv)?,
+        };
         // Optimistic concurrency: a resourceVersion in the body must match.
         let expected = match wanted["metadata"]["resourceVersion"].as_str() {
             Some(rv) if verb == "update" || content_type != "application/apply-patch+yaml" => {
@@ -693,7 +716,7 @@ async fn write(
             patch::record_update(&mut next, Some(&live), &manager, &r.api_version(), &objects::now());
         }
         authorize(id, verb, t, Some(&next), Some(&live))?;
-        let checked = objects::check_types(r, &next, fv)?;
+        let checked = objects::check_types(r, &next, FieldValidation::Ignore)?;
         objects::validate(r, &checked)?;
         // An object being deleted whose last finalizer went: delete it now.
         let finalizers_empty = checked["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
