@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni conformance
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api conformance
 
 all: build
 
@@ -55,6 +55,10 @@ bench-run: release
 # podlet-cni vs containernetworking-plugins bridge+host-local (results: docs/benchmarks.md).
 bench-cni: release
 	./scripts/bench-cni.sh
+
+# podlet master under load on SQLite and etcd (results: docs/benchmarks.md).
+bench-api:
+	$(CARGO) bench --bench api
 
 # The OCI runtime-tools validation suite; RUNTIME_TOOLS=checkout built with Go (docs/conformance.md).
 conformance: build

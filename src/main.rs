@@ -234,8 +234,14 @@ fn run_master(cfg: podlet_master::serve::MasterConfig) -> Result<ExitCode> {
     rt.block_on(podlet_master::serve::serve(cfg, move |addr, sec| {
         // Where things are; never the secrets themselves.
         println!("podlet master: serving https://{addr} (store: {store})");
-        println!("podlet master: admin kubeconfig: {}", sec.kubeconfig.display());
-        println!("podlet master: node join token: {}", data_dir.join("node-token").display());
+        println!(
+            "podlet master: admin kubeconfig: {}",
+            sec.kubeconfig.display()
+        );
+        println!(
+            "podlet master: node join token: {}",
+            data_dir.join("node-token").display()
+        );
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }))?;

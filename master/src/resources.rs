@@ -97,20 +97,150 @@ macro_rules! res {
 
 /// Every served resource.
 pub const RESOURCES: &[Resource] = &[
-    res!("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], &[], &["status"]),
-    res!("", "v1", "nodes", "node", "Node", false, &["no"], &[], &["status"]),
-    res!("", "v1", "pods", "pod", "Pod", true, &["po"], &["all"], &["status", "binding"]),
-    res!("", "v1", "services", "service", "Service", true, &["svc"], &["all"], &["status"]),
-    res!("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], &[], &[]),
-    res!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], &[]),
+    res!(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+        &[],
+        &["status"]
+    ),
+    res!(
+        "",
+        "v1",
+        "nodes",
+        "node",
+        "Node",
+        false,
+        &["no"],
+        &[],
+        &["status"]
+    ),
+    res!(
+        "",
+        "v1",
+        "pods",
+        "pod",
+        "Pod",
+        true,
+        &["po"],
+        &["all"],
+        &["status", "binding"]
+    ),
+    res!(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        true,
+        &["svc"],
+        &["all"],
+        &["status"]
+    ),
+    res!(
+        "",
+        "v1",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        true,
+        &["ep"],
+        &[],
+        &[]
+    ),
+    res!(
+        "",
+        "v1",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+        &[],
+        &[]
+    ),
     res!("", "v1", "secrets", "secret", "Secret", true, &[], &[], &[]),
-    res!("", "v1", "events", "event", "Event", true, &["ev"], &[], &[]),
-    res!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], &[], &[]),
-    res!("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], &["all"], &["status", "scale"]),
-    res!("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], &["all"], &["status", "scale"]),
-    res!("autoscaling", "v2", "horizontalpodautoscalers", "horizontalpodautoscaler", "HorizontalPodAutoscaler", true, &["hpa"], &["all"], &["status"]),
-    res!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], &[]),
-    res!("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, &[], &[], &[]),
+    res!(
+        "",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        &[],
+        &[]
+    ),
+    res!(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        &[],
+        &[]
+    ),
+    res!(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        &["all"],
+        &["status", "scale"]
+    ),
+    res!(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        &["all"],
+        &["status", "scale"]
+    ),
+    res!(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        true,
+        &["hpa"],
+        &["all"],
+        &["status"]
+    ),
+    res!(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        &[],
+        &[],
+        &[]
+    ),
+    res!(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        &[],
+        &[],
+        &[]
+    ),
 ];
 
 /// The resource with `plural` in `group`/`version`.
@@ -122,7 +252,9 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 
 /// The resource of a kind in `group`.
 pub fn by_kind(group: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.kind == kind)
 }
 
 /// The API groups (other than core), each with its one version, in a stable order.
@@ -155,7 +287,10 @@ mod tests {
     #[test]
     fn keys_and_names() {
         let d = find("apps", "v1", "deployments").unwrap();
-        assert_eq!(d.key(Some("default"), "web"), "/registry/apps/deployments/default/web");
+        assert_eq!(
+            d.key(Some("default"), "web"),
+            "/registry/apps/deployments/default/web"
+        );
         assert_eq!(d.qualified(), "deployments.apps");
         let n = find("", "v1", "nodes").unwrap();
         assert_eq!(n.key(Some("ignored"), "n1"), "/registry/core/nodes/n1");

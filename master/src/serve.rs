@@ -57,7 +57,9 @@ async fn ensure_namespaces(store: &dyn Store, codec: &Codec) -> Result<(), Maste
             "metadata": {"name": ns, "uid": crate::api::objects::new_uid(), "creationTimestamp": crate::api::objects::now(),
                          "labels": {"kubernetes.io/metadata.name": ns}},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-        let bytes = codec.encode(&obj).map_err(|e| MasterError::Io(e.to_string()))?;
+        let bytes = codec
+            .encode(&obj)
+            .map_err(|e| MasterError::Io(e.to_string()))?;
         match store.create(&r.key(None, ns), bytes).await {
             Ok(_) | Err(crate::store::StoreError::AlreadyExists(_)) => {}
             Err(e) => return Err(e.into()),
@@ -67,11 +69,23 @@ async fn ensure_namespaces(store: &dyn Store, codec: &Codec) -> Result<(), Maste
 }
 
 /// Runs the master until a termination signal; `ready` gets the bound address once serving.
-pub async fn serve(cfg: MasterConfig, ready: impl FnOnce(SocketAddr, &Security)) -> Result<(), MasterError> {
-    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| MasterError::Io(format!("listen on {}: {e}", cfg.listen)))?;
-    listener.set_nonblocking(true).map_err(|e| MasterError::Io(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| MasterError::Io(e.to_string()))?;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+pub async fn serve(
+    cfg: MasterConfig,
+    ready: impl FnOnce(SocketAddr, &Security),
+) -> Result<(), MasterError> {
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .map_err(|e| MasterError::Io(format!("listen on {}: {e}", cfg.listen)))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| MasterError::Io(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| MasterError::Io(e.to_string()))?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
     let url = format!("https://{host}:{}", addr.port());
     let mut sans = cfg.tls_san.clone();
     sans.push(host.clone());
@@ -104,7 +118,8 @@ pub async fn serve(cfg: MasterConfig, ready: impl FnOnce(SocketAddr, &Security))
         tokens: Some(security.tokens.clone()),
         address: format!("{host}:{}", addr.port()),
     });
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(security.server_config()?));
+    let tls =
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(security.server_config()?));
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use podlet_master::api::auth::Security;
 use podlet_master::api::codec::Codec;
-use podlet_master::api::server::{router, Inner, AppState};
+use podlet_master::api::server::{router, AppState, Inner};
 use podlet_master::api::watch_cache::WatchCache;
 use podlet_master::store::sqlite::SqliteStore;
 use podlet_master::store::Store;
@@ -30,28 +30,72 @@ async fn api() -> Api {
     let codec = Codec::new(Some(sec.encryption_key));
     for ns in ["default", "kube-node-lease"] {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        store.create(&format!("/registry/core/namespaces/{ns}"), codec.encode(&obj).unwrap()).await.unwrap();
+        store
+            .create(
+                &format!("/registry/core/namespaces/{ns}"),
+                codec.encode(&obj).unwrap(),
+            )
+            .await
+            .unwrap();
     }
-    let cache = WatchCache::start(store.clone(), codec.clone()).await.unwrap();
-    let state = Arc::new(Inner { store, codec, cache, tokens: Some(sec.tokens.clone()), address: "127.0.0.1:1".into() });
-    Api { state, sec, _dir: dir }
+    let cache = WatchCache::start(store.clone(), codec.clone())
+        .await
+        .unwrap();
+    let state = Arc::new(Inner {
+        store,
+        codec,
+        cache,
+        tokens: Some(sec.tokens.clone()),
+        address: "127.0.0.1:1".into(),
+    });
+    Api {
+        state,
+        sec,
+        _dir: dir,
+    }
 }
 
 impl Api {
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, ct: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path).header("content-type", ct);
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        ct: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", ct);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let resp = router(self.state.clone()).oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let resp = router(self.state.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
         let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
         (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     async fn admin(&self, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        let b = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
-        self.call(method, path, Some(&self.sec.admin_token), "application/json", b).await
+        let b = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        self.call(
+            method,
+            path,
+            Some(&self.sec.admin_token),
+            "application/json",
+            b,
+        )
+        .await
     }
 }
 
@@ -59,62 +103,283 @@ impl Api {
 async fn nodes_may_only_write_their_own_objects() {
     let a = api().await;
     // No token, a bad token: 401. The join token only joins.
-    assert_eq!(a.call("GET", "/api/v1/nodes", None, "application/json", vec![]).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(a.call("GET", "/api/v1/nodes", Some("nope"), "application/json", vec![]).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(a.call("GET", "/api/v1/nodes", Some(&a.sec.join_token), "application/json", vec![]).await.0, StatusCode::FORBIDDEN);
-    let (code, v) = a.call("POST", "/podlet/v1/join", Some(&a.sec.join_token), "application/json", br#"{"nodeName":"n1"}"#.to_vec()).await;
+    assert_eq!(
+        a.call("GET", "/api/v1/nodes", None, "application/json", vec![])
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.call(
+            "GET",
+            "/api/v1/nodes",
+            Some("nope"),
+            "application/json",
+            vec![]
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.call(
+            "GET",
+            "/api/v1/nodes",
+            Some(&a.sec.join_token),
+            "application/json",
+            vec![]
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let (code, v) = a
+        .call(
+            "POST",
+            "/podlet/v1/join",
+            Some(&a.sec.join_token),
+            "application/json",
+            br#"{"nodeName":"n1"}"#.to_vec(),
+        )
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     let n1 = v["token"].as_str().unwrap().to_string();
-    let (_, v) = a.call("POST", "/podlet/v1/join", Some(&a.sec.join_token), "application/json", br#"{"nodeName":"n1"}"#.to_vec()).await;
-    assert_eq!(v["token"], n1.as_str(), "joining again returns the same token");
-    assert_eq!(a.call("POST", "/podlet/v1/join", Some(&n1), "application/json", br#"{"nodeName":"n2"}"#.to_vec()).await.0, StatusCode::FORBIDDEN);
-    let node = |name: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}).to_string().into_bytes();
-    assert_eq!(a.call("POST", "/api/v1/nodes", Some(&n1), "application/json", node("n1")).await.0, StatusCode::CREATED);
-    let (code, v) = a.call("POST", "/api/v1/nodes", Some(&n1), "application/json", node("n2")).await;
+    let (_, v) = a
+        .call(
+            "POST",
+            "/podlet/v1/join",
+            Some(&a.sec.join_token),
+            "application/json",
+            br#"{"nodeName":"n1"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(
+        v["token"],
+        n1.as_str(),
+        "joining again returns the same token"
+    );
+    assert_eq!(
+        a.call(
+            "POST",
+            "/podlet/v1/join",
+            Some(&n1),
+            "application/json",
+            br#"{"nodeName":"n2"}"#.to_vec()
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let node = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+            .to_string()
+            .into_bytes()
+    };
+    assert_eq!(
+        a.call(
+            "POST",
+            "/api/v1/nodes",
+            Some(&n1),
+            "application/json",
+            node("n1")
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    let (code, v) = a
+        .call(
+            "POST",
+            "/api/v1/nodes",
+            Some(&n1),
+            "application/json",
+            node("n2"),
+        )
+        .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     assert_eq!(v["kind"], "Status");
-    let lease = |name: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name}, "spec": {"holderIdentity": name}}).to_string().into_bytes();
-    assert_eq!(a.call("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", Some(&n1), "application/json", lease("n1")).await.0, StatusCode::CREATED);
-    assert_eq!(a.call("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", Some(&n1), "application/json", lease("n2")).await.0, StatusCode::FORBIDDEN);
+    let lease = |name: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name}, "spec": {"holderIdentity": name}}).to_string().into_bytes()
+    };
+    assert_eq!(
+        a.call(
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            Some(&n1),
+            "application/json",
+            lease("n1")
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        a.call(
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            Some(&n1),
+            "application/json",
+            lease("n2")
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
     // Pods: the node may update the status of pods bound to it, not others, and not create pods.
     for (name, on) in [("mine", "n1"), ("theirs", "n2")] {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": on, "containers": [{"name": "c", "image": "busybox"}]}});
-        assert_eq!(a.admin("POST", "/api/v1/namespaces/default/pods", pod).await.0, StatusCode::CREATED);
+        assert_eq!(
+            a.admin("POST", "/api/v1/namespaces/default/pods", pod)
+                .await
+                .0,
+            StatusCode::CREATED
+        );
     }
     let running = br#"{"status":{"phase":"Running"}}"#.to_vec();
-    let (code, v) = a.call("PATCH", "/api/v1/namespaces/default/pods/mine/status", Some(&n1), "application/merge-patch+json", running.clone()).await;
+    let (code, v) = a
+        .call(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/mine/status",
+            Some(&n1),
+            "application/merge-patch+json",
+            running.clone(),
+        )
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["status"]["phase"], "Running");
-    assert_eq!(a.call("PATCH", "/api/v1/namespaces/default/pods/theirs/status", Some(&n1), "application/merge-patch+json", running).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        a.call(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/theirs/status",
+            Some(&n1),
+            "application/merge-patch+json",
+            running
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
     // Moving its own pod to another node is refused too.
     let moved = br#"{"spec":{"nodeName":"n2"}}"#.to_vec();
-    assert_eq!(a.call("PATCH", "/api/v1/namespaces/default/pods/mine", Some(&n1), "application/merge-patch+json", moved).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        a.call(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/mine",
+            Some(&n1),
+            "application/merge-patch+json",
+            moved
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "new"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}});
-    assert_eq!(a.call("POST", "/api/v1/namespaces/default/pods", Some(&n1), "application/json", pod.to_string().into_bytes()).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(a.call("GET", "/api/v1/namespaces/default/secrets", Some(&n1), "application/json", vec![]).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(a.call("GET", "/api/v1/namespaces/default/pods", Some(&n1), "application/json", vec![]).await.0, StatusCode::OK);
+    assert_eq!(
+        a.call(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(&n1),
+            "application/json",
+            pod.to_string().into_bytes()
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        a.call(
+            "GET",
+            "/api/v1/namespaces/default/secrets",
+            Some(&n1),
+            "application/json",
+            vec![]
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        a.call(
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            Some(&n1),
+            "application/json",
+            vec![]
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_bodies_get_status_errors() {
     let a = api().await;
     let huge = vec![b' '; 4 * 1024 * 1024];
-    let (code, v) = a.call("POST", "/api/v1/namespaces/default/configmaps", Some(&a.sec.admin_token), "application/json", huge).await;
+    let (code, v) = a
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(&a.sec.admin_token),
+            "application/json",
+            huge,
+        )
+        .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(v["reason"], "RequestEntityTooLarge");
-    let (code, v) = a.call("POST", "/api/v1/namespaces/default/configmaps", Some(&a.sec.admin_token), "application/json", b"{not json".to_vec()).await;
-    assert_eq!((code, v["kind"].as_str()), (StatusCode::BAD_REQUEST, Some("Status")));
-    let (code, _) = a.call("POST", "/api/v1/namespaces/default/configmaps", Some(&a.sec.admin_token), "application/vnd.kubernetes.protobuf", b"k8s\0".to_vec()).await;
+    let (code, v) = a
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(&a.sec.admin_token),
+            "application/json",
+            b"{not json".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (code, v["kind"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("Status"))
+    );
+    let (code, _) = a
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(&a.sec.admin_token),
+            "application/vnd.kubernetes.protobuf",
+            b"k8s\0".to_vec(),
+        )
+        .await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let (code, v) = a.admin("GET", "/api/v1/namespaces/default/configmaps?labelSelector=a%20in%20(", Value::Null).await;
-    assert_eq!((code, v["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("BadRequest")));
+    let (code, v) = a
+        .admin(
+            "GET",
+            "/api/v1/namespaces/default/configmaps?labelSelector=a%20in%20(",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BadRequest"))
+    );
     let (code, _) = a.admin("GET", "/api/v1/nosuchthings", Value::Null).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
-    let (code, v) = a.admin("POST", "/api/v1/namespaces/default/configmaps", json!({"kind": "Secret", "metadata": {"name": "x"}})).await;
+    let (code, v) = a
+        .admin(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            json!({"kind": "Secret", "metadata": {"name": "x"}}),
+        )
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
-    let (code, list) = a.admin("GET", "/api/v1/namespaces/default/configmaps", Value::Null).await;
+    let (code, list) = a
+        .admin("GET", "/api/v1/namespaces/default/configmaps", Value::Null)
+        .await;
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(list["items"].as_array().unwrap().len(), 0, "nothing half-written");
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        0,
+        "nothing half-written"
+    );
 }
 
 fn arb_json() -> impl Strategy<Value = Value> {
@@ -128,10 +393,18 @@ fn arb_json() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
             prop::collection::btree_map(
-                prop_oneof![Just("metadata".to_string()), Just("name".to_string()), Just("spec".to_string()),
-                            Just("data".to_string()), Just("kind".to_string()), Just("apiVersion".to_string()),
-                            Just("containers".to_string()), Just("replicas".to_string()), Just("labels".to_string()),
-                            "[a-z]{1,6}"],
+                prop_oneof![
+                    Just("metadata".to_string()),
+                    Just("name".to_string()),
+                    Just("spec".to_string()),
+                    Just("data".to_string()),
+                    Just("kind".to_string()),
+                    Just("apiVersion".to_string()),
+                    Just("containers".to_string()),
+                    Just("replicas".to_string()),
+                    Just("labels".to_string()),
+                    "[a-z]{1,6}"
+                ],
                 inner,
                 0..5
             )

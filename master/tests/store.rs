@@ -2,7 +2,6 @@
 //! `etcd-server`, started by this test on loopback ports and killed at the end, its data in a
 //! temporary directory).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,69 +9,19 @@ use futures::StreamExt;
 use podlet_master::store::etcd::EtcdStore;
 use podlet_master::store::sqlite::SqliteStore;
 use podlet_master::store::{EventKind, Store, StoreError};
+use podlet_testkit::etcd::Etcd;
 
-/// An etcd server for one test: killed (by pid) and its data removed on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Etcd {
-    fn start() -> Option<Etcd> {
-        if Command::new("etcd").arg("--version").output().is_err() {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--name", "test"])
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("test={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Some(Etcd {
-            child,
-            endpoint,
-            _dir: dir,
-        })
-    }
-
-    async fn store(&self) -> EtcdStore {
-        for _ in 0..100 {
-            if let Ok(s) = EtcdStore::connect(&[self.endpoint.clone()]).await {
-                if s.current_revision().await.is_ok() {
-                    return s;
-                }
+async fn etcd_store(etcd: &Etcd) -> EtcdStore {
+    assert!(etcd.wait_ready(), "etcd did not start: {}", etcd.log());
+    for _ in 0..100 {
+        if let Ok(s) = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await {
+            if s.current_revision().await.is_ok() {
+                return s;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("etcd at {} did not come up", self.endpoint);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    panic!("etcd at {} did not come up: {}", etcd.endpoint, etcd.log());
 }
 
 async fn conformance(s: Arc<dyn Store>) {
@@ -261,6 +210,6 @@ async fn etcd_store_conformance() {
     let Some(etcd) = Etcd::start() else {
         panic!("etcd is not installed (apt install etcd-server)");
     };
-    let s = etcd.store().await;
+    let s = etcd_store(&etcd).await;
     conformance(Arc::new(s)).await;
 }

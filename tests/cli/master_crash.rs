@@ -18,7 +18,9 @@ use master_env::Master;
 
 async fn client(m: &Master) -> Client {
     let kc = Kubeconfig::read_from(m.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     Client::try_from(cfg).unwrap()
 }
 
@@ -40,7 +42,10 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
                 match api.create(&PostParams::default(), &c).await {
                     Ok(o) => {
                         let rv = o.metadata.resource_version.unwrap().parse::<i64>().unwrap();
-                        acked.lock().unwrap().push((w, o.metadata.name.unwrap(), rv));
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((w, o.metadata.name.unwrap(), rv));
                     }
                     Err(_) => return,
                 }
@@ -59,7 +64,11 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 50, "too few writes before the crash: {}", acked.len());
+    assert!(
+        acked.len() >= 50,
+        "too few writes before the crash: {}",
+        acked.len()
+    );
 
     let m = Master::start(&data, &[]);
     let api: Api<ConfigMap> = Api::namespaced(client(&m).await, "default");
@@ -69,18 +78,38 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
         .unwrap()
         .items
         .into_iter()
-        .map(|c| (c.metadata.name.unwrap(), c.metadata.resource_version.unwrap().parse().unwrap()))
+        .map(|c| {
+            (
+                c.metadata.name.unwrap(),
+                c.metadata.resource_version.unwrap().parse().unwrap(),
+            )
+        })
         .collect();
     for (_, name, rv) in &acked {
-        assert_eq!(stored.get(name), Some(rv), "acknowledged {name} at {rv} is missing or changed");
+        assert_eq!(
+            stored.get(name),
+            Some(rv),
+            "acknowledged {name} at {rv} is missing or changed"
+        );
     }
     for w in 0..4 {
-        let revs: Vec<i64> = acked.iter().filter(|(x, _, _)| *x == w).map(|(_, _, rv)| *rv).collect();
+        let revs: Vec<i64> = acked
+            .iter()
+            .filter(|(x, _, _)| *x == w)
+            .map(|(_, _, rv)| *rv)
+            .collect();
         assert!(revs.windows(2).all(|p| p[0] < p[1]), "writer {w}: {revs:?}");
     }
     let max = stored.values().max().copied().unwrap_or(0);
     let mut c = ConfigMap::default();
     c.metadata.name = Some("after-restart".into());
     let new = api.create(&PostParams::default(), &c).await.unwrap();
-    assert!(new.metadata.resource_version.unwrap().parse::<i64>().unwrap() > max);
+    assert!(
+        new.metadata
+            .resource_version
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > max
+    );
 }

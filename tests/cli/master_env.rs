@@ -63,6 +63,12 @@ impl Master {
         self.data.join("admin.kubeconfig")
     }
 
+    /// Its pid.
+    #[allow(dead_code)] // used by the benchmark, not by every test
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

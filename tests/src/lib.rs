@@ -8,6 +8,7 @@
 
 pub mod bins;
 pub mod busybox;
+pub mod etcd;
 pub mod host_dirs;
 pub mod leaks;
 pub mod topology;

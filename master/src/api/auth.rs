@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine;
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use serde::{Deserialize, Serialize};
 
 /// Why the security material could not be made or read.
@@ -100,14 +103,20 @@ impl Tokens {
 
     /// Mints (or returns the existing) token of node `node`.
     pub fn node_token(&self, node: &str) -> Result<String, AuthError> {
-        let mut t = self.table.write().map_err(|_| AuthError::Invalid("token table lock".into()))?;
-        let want = Identity::Node { node: node.to_string() };
+        let mut t = self
+            .table
+            .write()
+            .map_err(|_| AuthError::Invalid("token table lock".into()))?;
+        let want = Identity::Node {
+            node: node.to_string(),
+        };
         if let Some((k, _)) = t.tokens.iter().find(|(_, v)| **v == want) {
             return Ok(k.clone());
         }
         let token = random_token();
         t.tokens.insert(token.clone(), want);
-        let bytes = serde_json::to_vec_pretty(&*t).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&*t).map_err(|e| AuthError::Invalid(e.to_string()))?;
         write_private(&self.path, &bytes)?;
         Ok(token)
     }
@@ -135,16 +144,25 @@ pub struct Security {
 }
 
 fn ca_params() -> Result<CertificateParams, AuthError> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| AuthError::Cert(e.to_string()))?;
+    let mut p =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| AuthError::Cert(e.to_string()))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "podlet-ca");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     Ok(p)
 }
 
-fn read_or<T>(path: &Path, make: impl FnOnce() -> Result<T, AuthError>, parse: impl FnOnce(Vec<u8>) -> Result<T, AuthError>) -> Result<T, AuthError> {
+fn read_or<T>(
+    path: &Path,
+    make: impl FnOnce() -> Result<T, AuthError>,
+    parse: impl FnOnce(Vec<u8>) -> Result<T, AuthError>,
+) -> Result<T, AuthError> {
     match std::fs::read(path) {
         Ok(b) => parse(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => make(),
@@ -155,7 +173,11 @@ fn read_or<T>(path: &Path, make: impl FnOnce() -> Result<T, AuthError>, parse: i
 impl Security {
     /// Loads the material under `dir`, making what is missing. `hosts` go into the serving
     /// certificate (names and IP addresses); `server_url` into the kubeconfig.
-    pub fn load_or_create(dir: &Path, hosts: &[String], server_url: &str) -> Result<Security, AuthError> {
+    pub fn load_or_create(
+        dir: &Path,
+        hosts: &[String],
+        server_url: &str,
+    ) -> Result<Security, AuthError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let cert_err = |e: rcgen::Error| AuthError::Cert(e.to_string());
         let ca_key_path = dir.join("ca.key");
@@ -184,11 +206,19 @@ impl Security {
         )?;
         let key_path = dir.join("server.key");
         let crt_path = dir.join("server.crt");
-        let (cert_pem, key_pem) = match (std::fs::read_to_string(&crt_path), std::fs::read_to_string(&key_path)) {
+        let (cert_pem, key_pem) = match (
+            std::fs::read_to_string(&crt_path),
+            std::fs::read_to_string(&key_path),
+        ) {
             (Ok(c), Ok(k)) => (c, k),
             _ => {
                 let k = KeyPair::generate().map_err(cert_err)?;
-                let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "kubernetes".into(), "kubernetes.default".into()];
+                let mut names: Vec<String> = vec![
+                    "localhost".into(),
+                    "127.0.0.1".into(),
+                    "kubernetes".into(),
+                    "kubernetes.default".into(),
+                ];
                 for h in hosts {
                     if !names.contains(h) {
                         names.push(h.clone());
@@ -212,13 +242,22 @@ impl Security {
             &tokens_path,
             || {
                 let mut t = TokenFile::default();
-                t.tokens.insert(random_token(), Identity::Admin { user: "admin".into() });
+                t.tokens.insert(
+                    random_token(),
+                    Identity::Admin {
+                        user: "admin".into(),
+                    },
+                );
                 t.tokens.insert(random_token(), Identity::Joiner);
-                let bytes = serde_json::to_vec_pretty(&t).map_err(|e| AuthError::Invalid(e.to_string()))?;
+                let bytes =
+                    serde_json::to_vec_pretty(&t).map_err(|e| AuthError::Invalid(e.to_string()))?;
                 write_private(&tokens_path, &bytes)?;
                 Ok(t)
             },
-            |b| serde_json::from_slice(&b).map_err(|e| AuthError::Invalid(format!("{}: {e}", tokens_path.display()))),
+            |b| {
+                serde_json::from_slice(&b)
+                    .map_err(|e| AuthError::Invalid(format!("{}: {e}", tokens_path.display())))
+            },
         )?;
         let find = |want: fn(&Identity) -> bool| {
             table
@@ -226,7 +265,9 @@ impl Security {
                 .iter()
                 .find(|(_, v)| want(v))
                 .map(|(k, _)| k.clone())
-                .ok_or_else(|| AuthError::Invalid(format!("{}: missing a token", tokens_path.display())))
+                .ok_or_else(|| {
+                    AuthError::Invalid(format!("{}: missing a token", tokens_path.display()))
+                })
         };
         let admin_token = find(|v| matches!(v, Identity::Admin { .. }))?;
         let join_token = find(|v| matches!(v, Identity::Joiner))?;
@@ -235,18 +276,28 @@ impl Security {
             &enc_path,
             || {
                 let k: [u8; 32] = rand::random();
-                write_private(&enc_path, base64::engine::general_purpose::STANDARD.encode(k).as_bytes())?;
+                write_private(
+                    &enc_path,
+                    base64::engine::general_purpose::STANDARD
+                        .encode(k)
+                        .as_bytes(),
+                )?;
                 Ok(k)
             },
             |b| {
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(String::from_utf8_lossy(&b).trim())
                     .map_err(|e| AuthError::Invalid(format!("{}: {e}", enc_path.display())))?;
-                raw.try_into().map_err(|_| AuthError::Invalid(format!("{}: not a 32-byte key", enc_path.display())))
+                raw.try_into().map_err(|_| {
+                    AuthError::Invalid(format!("{}: not a 32-byte key", enc_path.display()))
+                })
             },
         )?;
         std::fs::write(dir.join("node-token"), format!("{join_token}\n")).ok();
-        let _ = std::fs::set_permissions(dir.join("node-token"), std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        let _ = std::fs::set_permissions(
+            dir.join("node-token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        );
         let kubeconfig = dir.join("admin.kubeconfig");
         let kc = kubeconfig_text(server_url, &ca_pem, &admin_token, "admin");
         write_private(&kubeconfig, kc.as_bytes())?;
@@ -269,9 +320,10 @@ impl Security {
     pub fn server_config(&self) -> Result<rustls::ServerConfig, AuthError> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| AuthError::Invalid(format!("serving certificate: {e}")))?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| AuthError::Invalid(format!("serving certificate: {e}")))?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| AuthError::Invalid(format!("serving key: {e}")))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -56,7 +56,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         }));
         for sub in r.subresources {
             let (kind, verbs, group_v): (&str, Vec<&str>, Option<(&str, &str)>) = match *sub {
-                "scale" => ("Scale", vec!["get", "patch", "update"], Some(("autoscaling", "v1"))),
+                "scale" => (
+                    "Scale",
+                    vec!["get", "patch", "update"],
+                    Some(("autoscaling", "v1")),
+                ),
                 "binding" => ("Binding", vec!["create"], None),
                 _ => (r.kind, vec!["get", "patch", "update"], None),
             };
@@ -74,13 +78,18 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
 }
 
 /// `/openapi/v3`: where each group/version's document is.
 pub fn openapi_root() -> Value {
     let mut paths = serde_json::Map::new();
-    paths.insert("api/v1".into(), json!({"serverRelativeURL": "/openapi/v3/api/v1"}));
+    paths.insert(
+        "api/v1".into(),
+        json!({"serverRelativeURL": "/openapi/v3/api/v1"}),
+    );
     for (g, v) in resources::groups() {
         paths.insert(
             format!("apis/{g}/{v}"),
@@ -156,15 +165,33 @@ mod tests {
     #[test]
     fn discovery_lists_resources_and_subresources() {
         let v1 = resource_list("", "v1").unwrap();
-        let names: Vec<&str> = v1["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-        assert!(names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"pods/binding"));
+        let names: Vec<&str> = v1["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"pods")
+                && names.contains(&"pods/status")
+                && names.contains(&"pods/binding")
+        );
         let apps = resource_list("apps", "v1").unwrap();
-        let scale = apps["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").unwrap();
+        let scale = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .unwrap();
         assert_eq!(scale["kind"], "Scale");
         assert!(resource_list("nope", "v1").is_none());
         let doc = openapi_doc("apis/apps/v1").unwrap();
         let p = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(p["x-kubernetes-group-version-kind"]["kind"], "Deployment");
-        assert!(p["parameters"].as_array().unwrap().iter().any(|x| x["name"] == "fieldValidation"));
+        assert!(p["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "fieldValidation"));
     }
 }

@@ -32,8 +32,14 @@ impl FieldSelector {
                 )));
             };
             let path = path.trim();
-            if path.is_empty() || !path.split('.').all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric())) {
-                return Err(ApiError::BadRequest(format!("invalid field selector {part:?}: bad field path {path:?}")));
+            if path.is_empty()
+                || !path
+                    .split('.')
+                    .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid field selector {part:?}: bad field path {path:?}"
+                )));
             }
             terms.push((path.to_string(), eq, value.trim().to_string()));
         }
@@ -74,6 +80,11 @@ impl Filter {
         })
     }
 
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.labels == Selector::default() && self.fields.terms.is_empty()
+    }
+
     /// Whether `obj` is selected.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels: BTreeMap<String, String> = obj["metadata"]["labels"]
@@ -96,13 +107,19 @@ pub fn encode_continue(revision: i64, last_key: &str) -> String {
 
 /// Parses a `continue` token.
 pub fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
-    let bad = || ApiError::BadRequest("continue key is not valid: not a token this server issued".into());
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let bad =
+        || ApiError::BadRequest("continue key is not valid: not a token this server issued".into());
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let doc: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     if doc["v"] != "podlet/1" {
         return Err(bad());
     }
-    Ok((doc["rv"].as_i64().ok_or_else(bad)?, doc["start"].as_str().ok_or_else(bad)?.to_string()))
+    Ok((
+        doc["rv"].as_i64().ok_or_else(bad)?,
+        doc["start"].as_str().ok_or_else(bad)?.to_string(),
+    ))
 }
 
 #[cfg(test)]
@@ -113,9 +130,15 @@ mod tests {
     #[test]
     fn field_selectors() {
         let pod = json!({"metadata": {"name": "a", "namespace": "default"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("metadata.name=a,spec.nodeName==n1").unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("spec.nodeName!=n1").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&json!({"spec": {}})));
+        assert!(FieldSelector::parse("metadata.name=a,spec.nodeName==n1")
+            .unwrap()
+            .matches(&pod));
+        assert!(!FieldSelector::parse("spec.nodeName!=n1")
+            .unwrap()
+            .matches(&pod));
+        assert!(FieldSelector::parse("spec.nodeName=")
+            .unwrap()
+            .matches(&json!({"spec": {}})));
         assert!(FieldSelector::parse("nonsense").is_err());
         assert!(FieldSelector::parse("a..b=c").is_err());
         let f = Filter::parse(Some("app in (web)"), None).unwrap();
@@ -126,7 +149,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_junk() {
         let t = encode_continue(42, "/registry/core/pods/default/x");
-        assert_eq!(decode_continue(&t).unwrap(), (42, "/registry/core/pods/default/x".into()));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "/registry/core/pods/default/x".into())
+        );
         assert!(decode_continue("garbage!").is_err());
     }
 }

@@ -11,14 +11,34 @@ use crate::resources::{Resource, RESOURCES};
 use crate::store::StoreError;
 
 /// Deletes one object per `opts` (`DeleteOptions`); returns its last state.
-pub async fn delete(st: &AppState, r: &'static Resource, ns: Option<&str>, name: &str, opts: &Value) -> Result<Value, ApiError> {
+pub async fn delete(
+    st: &AppState,
+    r: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    opts: &Value,
+) -> Result<Value, ApiError> {
     let key = r.key(ns, name);
-    let policy = opts["propagationPolicy"].as_str().unwrap_or(if opts["orphanDependents"] == true { "Orphan" } else { "Background" });
+    let policy =
+        opts["propagationPolicy"]
+            .as_str()
+            .unwrap_or(if opts["orphanDependents"] == true {
+                "Orphan"
+            } else {
+                "Background"
+            });
     if !["Background", "Foreground", "Orphan"].contains(&policy) {
-        return Err(ApiError::BadRequest(format!("propagationPolicy {policy:?}: must be Background, Foreground or Orphan")));
+        return Err(ApiError::BadRequest(format!(
+            "propagationPolicy {policy:?}: must be Background, Foreground or Orphan"
+        )));
     }
     for _ in 0..5 {
-        let kv = st.store.get(&key).await.map_err(|e| ApiError::from_store(r, name, e))?.ok_or_else(|| ApiError::not_found(r, name))?;
+        let kv = st
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_store(r, name, e))?
+            .ok_or_else(|| ApiError::not_found(r, name))?;
         let obj = st.codec.decode(&kv)?;
         if let Some(uid) = opts["preconditions"]["uid"].as_str() {
             if obj["metadata"]["uid"] != uid {
@@ -30,7 +50,10 @@ pub async fn delete(st: &AppState, r: &'static Resource, ns: Option<&str>, name:
                 return Err(ApiError::conflict(r, name));
             }
         }
-        let finalizers = obj["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        let finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let is_namespace = r.kind == "Namespace";
         if !finalizers.is_empty() || is_namespace {
             if obj["metadata"]["deletionTimestamp"].is_null() {
@@ -40,7 +63,11 @@ pub async fn delete(st: &AppState, r: &'static Resource, ns: Option<&str>, name:
                 if is_namespace {
                     marked["status"]["phase"] = json!("Terminating");
                 }
-                match st.store.update(&key, st.codec.encode(&marked)?, Some(kv.mod_revision)).await {
+                match st
+                    .store
+                    .update(&key, st.codec.encode(&marked)?, Some(kv.mod_revision))
+                    .await
+                {
                     Ok(rev) => {
                         marked["metadata"]["resourceVersion"] = json!(rev.to_string());
                         if is_namespace {
@@ -67,7 +94,9 @@ pub async fn delete(st: &AppState, r: &'static Resource, ns: Option<&str>, name:
                 if policy == "Background" {
                     let (st, ns, uid) = (st.clone(), ns.map(str::to_string), uid.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = delete_dependents(&st, ns.as_deref(), &uid, "Background").await {
+                        if let Err(e) =
+                            delete_dependents(&st, ns.as_deref(), &uid, "Background").await
+                        {
                             tracing::warn!(error = %e, "deleting dependents");
                         }
                     });
@@ -82,16 +111,26 @@ pub async fn delete(st: &AppState, r: &'static Resource, ns: Option<&str>, name:
 }
 
 /// Every object (in `ns` for namespaced kinds) with an owner reference to `uid`.
-async fn dependents(st: &AppState, ns: Option<&str>, uid: &str) -> Result<Vec<(&'static Resource, Value)>, ApiError> {
+async fn dependents(
+    st: &AppState,
+    ns: Option<&str>,
+    uid: &str,
+) -> Result<Vec<(&'static Resource, Value)>, ApiError> {
     let mut out = Vec::new();
     for r in RESOURCES {
         if r.namespaced && ns.is_none() {
             continue;
         }
-        let page = st.store.list(&r.prefix_in(ns), None, 0, None).await.map_err(|e| ApiError::from_store(r, "", e))?;
+        let page = st
+            .store
+            .list(&r.prefix_in(ns), None, 0, None)
+            .await
+            .map_err(|e| ApiError::from_store(r, "", e))?;
         for kv in &page.items {
             let obj = st.codec.decode(kv)?;
-            let owned = obj["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|o| o["uid"] == uid));
+            let owned = obj["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|o| o["uid"] == uid));
             if owned {
                 out.push((r, obj));
             }
@@ -114,7 +153,15 @@ fn delete_dependents<'a>(
         for (r, obj) in dependents(st, ns, uid).await? {
             let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
             let dns = obj["metadata"]["namespace"].as_str().map(str::to_string);
-            match delete(st, r, dns.as_deref(), &name, &json!({"propagationPolicy": policy})).await {
+            match delete(
+                st,
+                r,
+                dns.as_deref(),
+                &name,
+                &json!({"propagationPolicy": policy}),
+            )
+            .await
+            {
                 Ok(_) | Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -132,7 +179,10 @@ async fn orphan_dependents(st: &AppState, ns: Option<&str>, uid: &str) -> Result
         if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
             refs.retain(|x| x["uid"] != uid);
         }
-        let rv: i64 = obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let rv: i64 = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         match st.store.update(&key, st.codec.encode(&o)?, Some(rv)).await {
             Ok(_) | Err(StoreError::NotFound(_)) => {}
             Err(StoreError::Conflict { .. }) => {}
@@ -145,7 +195,9 @@ async fn orphan_dependents(st: &AppState, ns: Option<&str>, uid: &str) -> Result
 /// Deletes everything in a terminating namespace, then the namespace.
 async fn finish_namespace(st: &AppState, ns: &str) {
     for r in RESOURCES.iter().filter(|r| r.namespaced) {
-        let Ok(page) = st.store.list(&r.prefix_in(Some(ns)), None, 0, None).await else { continue };
+        let Ok(page) = st.store.list(&r.prefix_in(Some(ns)), None, 0, None).await else {
+            continue;
+        };
         for kv in page.items {
             let _ = st.store.delete(&kv.key, None).await;
         }

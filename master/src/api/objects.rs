@@ -22,9 +22,21 @@ pub fn new_uid() -> String {
     let b: [u8; 16] = rand::random();
     format!(
         "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:x}{:02x}-{:x}{:x}{:02x}-{}",
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6] & 0x0f, b[7],
-        8 | (b[8] & 0x3), b[8] >> 4, b[9],
-        b[10..16].iter().map(|x| format!("{x:02x}")).collect::<String>()
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5],
+        b[6] & 0x0f,
+        b[7],
+        8 | (b[8] & 0x3),
+        b[8] >> 4,
+        b[9],
+        b[10..16]
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
     )
 }
 
@@ -116,14 +128,23 @@ impl FieldValidation {
 /// Type-checks `obj` as a `kind`; returns the normalized object.
 pub fn check_types(r: &Resource, obj: &Value, fv: FieldValidation) -> Result<Value, ApiError> {
     let out = typed(r.kind, obj).map_err(|e| {
-        ApiError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: {e}", r.kind, r.version, r.kind))
+        ApiError::BadRequest(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            r.kind, r.version, r.kind
+        ))
     })?;
     if fv == FieldValidation::Strict {
         let mut unknown = Vec::new();
         unknown_fields(obj, &out, "", &mut unknown);
         if !unknown.is_empty() {
-            let list: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
-            return Err(ApiError::BadRequest(format!("strict decoding error: {}", list.join(", "))));
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|u| format!("unknown field \"{u}\""))
+                .collect();
+            return Err(ApiError::BadRequest(format!(
+                "strict decoding error: {}",
+                list.join(", ")
+            )));
         }
     }
     Ok(out)
@@ -132,7 +153,8 @@ pub fn check_types(r: &Resource, obj: &Value, fv: FieldValidation) -> Result<Val
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -165,20 +187,26 @@ fn validate_labels(obj: &Value, causes: &mut Vec<Cause>) {
         for (k, v) in labels {
             let val = v.as_str().unwrap_or("");
             let ok_value = val.len() <= 63
-                && val.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && val
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                 && (val.is_empty()
                     || (val.as_bytes()[0].is_ascii_alphanumeric()
                         && val.as_bytes()[val.len() - 1].is_ascii_alphanumeric()));
             if !ok_value {
                 causes.push(Cause::invalid(
-                    format!("metadata.labels"),
+                    "metadata.labels".to_string(),
                     format!("\"{val}\""),
                     "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
                 ));
             }
             let name = k.rsplit('/').next().unwrap_or("");
             if name.is_empty() || name.len() > 63 {
-                causes.push(Cause::invalid("metadata.labels", format!("\"{k}\""), "name part must be non-empty and at most 63 characters"));
+                causes.push(Cause::invalid(
+                    "metadata.labels",
+                    format!("\"{k}\""),
+                    "name part must be non-empty and at most 63 characters",
+                ));
             }
         }
     }
@@ -226,7 +254,12 @@ fn selector_matches(selector: &Value, labels: &Value) -> bool {
         .map(|es| {
             es.iter().all(|e| {
                 let key = e["key"].as_str().unwrap_or("");
-                let vals: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let vals: Vec<&str> = e["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
                 let have = labels.get(key).and_then(Value::as_str);
                 match e["operator"].as_str().unwrap_or("") {
                     "In" => have.is_some_and(|h| vals.contains(&h)),
@@ -252,11 +285,20 @@ pub fn validate(r: &Resource, obj: &Value) -> Result<(), ApiError> {
         "Deployment" | "ReplicaSet" => {
             if let Some(n) = obj["spec"]["replicas"].as_i64() {
                 if n < 0 {
-                    causes.push(Cause::invalid("spec.replicas", n, "must be greater than or equal to 0"));
+                    causes.push(Cause::invalid(
+                        "spec.replicas",
+                        n,
+                        "must be greater than or equal to 0",
+                    ));
                 }
             }
             let sel = &obj["spec"]["selector"];
-            if !sel.is_object() || (sel["matchLabels"].as_object().is_none_or(|m| m.is_empty()) && sel["matchExpressions"].as_array().is_none_or(|m| m.is_empty())) {
+            if !sel.is_object()
+                || (sel["matchLabels"].as_object().is_none_or(|m| m.is_empty())
+                    && sel["matchExpressions"]
+                        .as_array()
+                        .is_none_or(|m| m.is_empty()))
+            {
                 causes.push(Cause::required("spec.selector"));
             } else if !selector_matches(sel, &obj["spec"]["template"]["metadata"]["labels"]) {
                 causes.push(Cause::invalid(
@@ -265,14 +307,22 @@ pub fn validate(r: &Resource, obj: &Value) -> Result<(), ApiError> {
                     "`selector` does not match template `labels`",
                 ));
             }
-            validate_pod_spec(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut causes);
+            validate_pod_spec(
+                &obj["spec"]["template"]["spec"],
+                "spec.template.spec",
+                &mut causes,
+            );
         }
         "Service" => {
             if let Some(ports) = obj["spec"]["ports"].as_array() {
                 for (i, p) in ports.iter().enumerate() {
                     match p["port"].as_i64() {
                         Some(n) if (1..=65535).contains(&n) => {}
-                        Some(n) => causes.push(Cause::invalid(format!("spec.ports[{i}].port"), n, "must be between 1 and 65535, inclusive")),
+                        Some(n) => causes.push(Cause::invalid(
+                            format!("spec.ports[{i}].port"),
+                            n,
+                            "must be between 1 and 65535, inclusive",
+                        )),
                         None => causes.push(Cause::required(format!("spec.ports[{i}].port"))),
                     }
                     if ports.len() > 1 && p["name"].as_str().is_none_or(str::is_empty) {
@@ -285,7 +335,10 @@ pub fn validate(r: &Resource, obj: &Value) -> Result<(), ApiError> {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(m) = obj[field].as_object() {
                     for k in m.keys() {
-                        let ok = !k.is_empty() && k.len() <= 253 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                        let ok = !k.is_empty()
+                            && k.len() <= 253
+                            && k.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
                         if !ok {
                             causes.push(Cause::invalid(format!("{field}[{k}]"), format!("\"{k}\""), "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
                         }
@@ -309,7 +362,9 @@ fn set_default(obj: &mut Map<String, Value>, key: &str, v: Value) {
 }
 
 fn default_pod_spec(spec: &mut Value) {
-    let Some(s) = spec.as_object_mut() else { return };
+    let Some(s) = spec.as_object_mut() else {
+        return;
+    };
     set_default(s, "restartPolicy", json!("Always"));
     set_default(s, "terminationGracePeriodSeconds", json!(30));
     set_default(s, "dnsPolicy", json!("ClusterFirst"));
@@ -321,11 +376,12 @@ fn default_pod_spec(spec: &mut Value) {
                 let image = c["image"].as_str().unwrap_or("").to_string();
                 let Some(c) = c.as_object_mut() else { continue };
                 let tag = image.rsplit('/').next().unwrap_or("");
-                let policy = if !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest")) {
-                    "Always"
-                } else {
-                    "IfNotPresent"
-                };
+                let policy =
+                    if !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest")) {
+                        "Always"
+                    } else {
+                        "IfNotPresent"
+                    };
                 set_default(c, "imagePullPolicy", json!(policy));
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
@@ -403,7 +459,10 @@ pub fn default(r: &Resource, obj: &mut Value) {
                 let mut data = data;
                 for (k, v) in sd {
                     let s = v.as_str().unwrap_or("").as_bytes().to_vec();
-                    data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+                    data.insert(
+                        k,
+                        json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                    );
                 }
                 obj["data"] = Value::Object(data);
                 if let Some(o) = obj.as_object_mut() {
@@ -443,8 +502,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(check_types(r, &obj, FieldValidation::Ignore).is_ok());
-        let bad = json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": "three"}});
-        assert!(matches!(check_types(r, &bad, FieldValidation::Ignore), Err(ApiError::BadRequest(m)) if m.contains("spec.replicas")));
+        let bad =
+            json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": "three"}});
+        assert!(
+            matches!(check_types(r, &bad, FieldValidation::Ignore), Err(ApiError::BadRequest(m)) if m.contains("spec.replicas"))
+        );
     }
 
     #[test]
@@ -452,9 +514,19 @@ mod tests {
         let r = find("apps", "v1", "deployments").unwrap();
         let obj = json!({"metadata": {"name": "Bad_Name"}, "spec": {"replicas": -1, "selector": {"matchLabels": {"a": "b"}},
             "template": {"metadata": {"labels": {"a": "c"}}, "spec": {"containers": [{"name": "c"}]}}}});
-        let Err(ApiError::Invalid { causes, .. }) = validate(r, &obj) else { panic!() };
+        let Err(ApiError::Invalid { causes, .. }) = validate(r, &obj) else {
+            panic!()
+        };
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(fields, ["metadata.name", "spec.replicas", "spec.template.metadata.labels", "spec.template.spec.containers[0].image"]);
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "spec.replicas",
+                "spec.template.metadata.labels",
+                "spec.template.spec.containers[0].image"
+            ]
+        );
     }
 
     #[test]
@@ -465,7 +537,10 @@ mod tests {
         default(r, &mut obj);
         assert_eq!(obj["spec"]["replicas"], 1);
         assert_eq!(obj["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
-        assert_eq!(obj["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(
+            obj["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "Always"
+        );
         let uid = new_uid();
         assert_eq!(uid.len(), 36);
         assert_eq!(&uid[14..15], "4");

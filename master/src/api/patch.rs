@@ -12,9 +12,19 @@ use super::status::ApiError;
 /// `Some("")` for a merged list of primitives, or None for an atomic list.
 pub fn merge_key(kind: &str, parent: &str, field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "schedulingGates" | "resourceClaims" => "name",
-        "ports" if kind == "Service" && parent.ends_with("spec") && !parent.contains("template") => "port",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "schedulingGates"
+        | "resourceClaims" => "name",
+        "ports"
+            if kind == "Service" && parent.ends_with("spec") && !parent.contains("template") =>
+        {
+            "port"
+        }
         "ports" => "containerPort",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
@@ -32,17 +42,16 @@ pub fn json_patch(doc: &Value, patch: &[u8]) -> Result<Value, ApiError> {
     let p: json_patch::Patch = serde_json::from_slice(patch)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
     let mut out = doc.clone();
-    json_patch::patch(&mut out, &p)
-        .map_err(|e| ApiError::Invalid {
-            kind: doc["kind"].as_str().unwrap_or("").into(),
-            group: String::new(),
-            name: doc["metadata"]["name"].as_str().unwrap_or("").into(),
-            causes: vec![super::status::Cause {
-                reason: "FieldValueInvalid",
-                field: String::new(),
-                message: format!("the JSON patch could not be applied: {e}"),
-            }],
-        })?;
+    json_patch::patch(&mut out, &p).map_err(|e| ApiError::Invalid {
+        kind: doc["kind"].as_str().unwrap_or("").into(),
+        group: String::new(),
+        name: doc["metadata"]["name"].as_str().unwrap_or("").into(),
+        causes: vec![super::status::Cause {
+            reason: "FieldValueInvalid",
+            field: String::new(),
+            message: format!("the JSON patch could not be applied: {e}"),
+        }],
+    })?;
     Ok(out)
 }
 
@@ -60,15 +69,27 @@ fn key_of(v: &Value, key: &str) -> Option<Value> {
 /// Applies a strategic merge patch to `doc` (an object of `kind`).
 pub fn strategic_merge(kind: &str, doc: &Value, patch: &Value) -> Result<Value, ApiError> {
     if !patch.is_object() {
-        return Err(ApiError::BadRequest("a strategic merge patch must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "a strategic merge patch must be a JSON object".into(),
+        ));
     }
-    Ok(merge_map(kind, "", doc.as_object().cloned().unwrap_or_default(), patch.as_object().unwrap())
-        .map(Value::Object)
-        .unwrap_or(Value::Null))
+    Ok(merge_map(
+        kind,
+        "",
+        doc.as_object().cloned().unwrap_or_default(),
+        patch.as_object().unwrap(),
+    )
+    .map(Value::Object)
+    .unwrap_or(Value::Null))
 }
 
 /// Merges patch map `p` into `o`; None when the patch deletes the map.
-fn merge_map(kind: &str, path: &str, mut o: Map<String, Value>, p: &Map<String, Value>) -> Option<Map<String, Value>> {
+fn merge_map(
+    kind: &str,
+    path: &str,
+    mut o: Map<String, Value>,
+    p: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
     match p.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             let mut r = p.clone();
@@ -86,13 +107,19 @@ fn merge_map(kind: &str, path: &str, mut o: Map<String, Value>, p: &Map<String, 
         if k.starts_with('$') {
             continue;
         }
-        let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let child = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
         if pv.is_null() {
             o.remove(k);
             continue;
         }
         let merged = match (o.remove(k), pv) {
-            (Some(Value::Object(ov)), Value::Object(pm)) => merge_map(kind, &child, ov, pm).map(Value::Object),
+            (Some(Value::Object(ov)), Value::Object(pm)) => {
+                merge_map(kind, &child, ov, pm).map(Value::Object)
+            }
             (Some(Value::Array(ol)), Value::Array(pl)) => Some(merge_list(kind, path, k, ol, pl)),
             (None, Value::Object(pm)) => merge_map(kind, &child, Map::new(), pm).map(Value::Object),
             (None, Value::Array(pl)) => Some(merge_list(kind, path, k, Vec::new(), pl)),
@@ -104,7 +131,10 @@ fn merge_map(kind: &str, path: &str, mut o: Map<String, Value>, p: &Map<String, 
     }
     for (k, pv) in p {
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            let gone: Vec<&Value> = pv.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+            let gone: Vec<&Value> = pv
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
             if let Some(Value::Array(l)) = o.get_mut(field) {
                 l.retain(|v| !gone.contains(&v));
             }
@@ -122,10 +152,20 @@ fn merge_map(kind: &str, path: &str, mut o: Map<String, Value>, p: &Map<String, 
 }
 
 fn reorder(list: &mut Vec<Value>, order: &[Value], key: &str) {
-    let ident = |v: &Value| if key.is_empty() { Some(v.clone()) } else { key_of(v, key) };
+    let ident = |v: &Value| {
+        if key.is_empty() {
+            Some(v.clone())
+        } else {
+            key_of(v, key)
+        }
+    };
     let mut rest = std::mem::take(list);
     for o in order {
-        let want = if key.is_empty() { Some(o.clone()) } else { key_of(o, key) };
+        let want = if key.is_empty() {
+            Some(o.clone())
+        } else {
+            key_of(o, key)
+        };
         if let Some(pos) = rest.iter().position(|v| ident(v) == want && want.is_some()) {
             list.push(rest.remove(pos));
         }
@@ -153,20 +193,34 @@ fn strip_directives(mut m: Map<String, Value>) -> Map<String, Value> {
 }
 
 fn merge_list(kind: &str, parent: &str, field: &str, mut o: Vec<Value>, p: &[Value]) -> Value {
-    let child = if parent.is_empty() { field.to_string() } else { format!("{parent}.{field}") };
+    let child = if parent.is_empty() {
+        field.to_string()
+    } else {
+        format!("{parent}.{field}")
+    };
     // `{"$patch": "replace"}` as an element: the rest of the patch list replaces the list.
-    if p.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    if p.iter()
+        .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         return Value::Array(
             p.iter()
                 .filter(|e| e.get("$patch").is_none())
-                .map(|e| e.as_object().map(|m| Value::Object(strip_directives(m.clone()))).unwrap_or_else(|| e.clone()))
+                .map(|e| {
+                    e.as_object()
+                        .map(|m| Value::Object(strip_directives(m.clone())))
+                        .unwrap_or_else(|| e.clone())
+                })
                 .collect(),
         );
     }
     match merge_key(kind, parent, field) {
         None => Value::Array(
             p.iter()
-                .map(|e| e.as_object().map(|m| Value::Object(strip_directives(m.clone()))).unwrap_or_else(|| e.clone()))
+                .map(|e| {
+                    e.as_object()
+                        .map(|m| Value::Object(strip_directives(m.clone())))
+                        .unwrap_or_else(|| e.clone())
+                })
                 .collect(),
         ),
         Some("") => {
@@ -181,7 +235,9 @@ fn merge_list(kind: &str, parent: &str, field: &str, mut o: Vec<Value>, p: &[Val
             for pe in p {
                 let Some(pm) = pe.as_object() else { continue };
                 let want = pm.get(key).cloned();
-                let pos = want.as_ref().and_then(|w| o.iter().position(|e| e.get(key) == Some(w)));
+                let pos = want
+                    .as_ref()
+                    .and_then(|w| o.iter().position(|e| e.get(key) == Some(w)));
                 match (pm.get("$patch").and_then(Value::as_str), pos) {
                     (Some("delete"), Some(i)) => {
                         o.remove(i);
@@ -224,7 +280,8 @@ pub fn field_set(kind: &str, v: &Value) -> Value {
                     let mut meta = Map::new();
                     for mk in ["labels", "annotations"] {
                         if let Some(Value::Object(lm)) = cv.get(mk) {
-                            let inner: Map<String, Value> = lm.keys().map(|l| (format!("f:{l}"), json!({}))).collect();
+                            let inner: Map<String, Value> =
+                                lm.keys().map(|l| (format!("f:{l}"), json!({}))).collect();
                             meta.insert(format!("f:{mk}"), Value::Object(inner));
                         }
                     }
@@ -233,7 +290,11 @@ pub fn field_set(kind: &str, v: &Value) -> Value {
                     }
                     continue;
                 }
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 let entry = match cv {
                     Value::Object(_) => walk(kind, &child, cv),
                     Value::Array(items) => match merge_key(kind, path, k) {
@@ -262,7 +323,8 @@ pub fn field_set(kind: &str, v: &Value) -> Value {
 
 fn leaf_paths(set: &Value, prefix: &mut FieldPath, out: &mut Vec<FieldPath>) {
     if let Value::Object(m) = set {
-        let children: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| k.as_str() != ".").collect();
+        let children: Vec<(&String, &Value)> =
+            m.iter().filter(|(k, _)| k.as_str() != ".").collect();
         if children.is_empty() {
             out.push(prefix.clone());
         }
@@ -286,28 +348,39 @@ fn contains_path(set: &Value, path: &[String]) -> bool {
 }
 
 /// Removes the field at `path` (managed-field steps) from `obj`.
-fn remove_path(kind: &str, obj: &mut Value, path: &[String], parent: &str) {
-    let Some((first, rest)) = path.split_first() else { return };
+fn remove_path(obj: &mut Value, path: &[String], parent: &str) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
     if let Some(name) = first.strip_prefix("f:") {
-        let child = if parent.is_empty() { name.to_string() } else { format!("{parent}.{name}") };
+        let child = if parent.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent}.{name}")
+        };
         if rest.is_empty() {
             if let Some(m) = obj.as_object_mut() {
                 m.remove(name);
             }
         } else if let Some(next) = obj.get_mut(name) {
             if let Some(k) = rest[0].strip_prefix("k:") {
-                let Ok(Value::Object(keyobj)) = serde_json::from_str::<Value>(k) else { return };
+                let Ok(Value::Object(keyobj)) = serde_json::from_str::<Value>(k) else {
+                    return;
+                };
                 if let Value::Array(items) = next {
-                    if let Some(i) = items.iter().position(|it| keyobj.iter().all(|(kk, kv)| it.get(kk) == Some(kv))) {
+                    if let Some(i) = items
+                        .iter()
+                        .position(|it| keyobj.iter().all(|(kk, kv)| it.get(kk) == Some(kv)))
+                    {
                         if rest.len() == 1 {
                             items.remove(i);
                         } else {
-                            remove_path(kind, &mut items[i], &rest[1..], &child);
+                            remove_path(&mut items[i], &rest[1..], &child);
                         }
                     }
                 }
             } else {
-                remove_path(kind, next, rest, &child);
+                remove_path(next, rest, &child);
             }
         }
     }
@@ -315,9 +388,17 @@ fn remove_path(kind: &str, obj: &mut Value, path: &[String], parent: &str) {
 
 /// Server-side apply of `applied` by `manager` onto `live` (None: the object is new).
 /// Returns the new object with its `managedFields` updated.
-pub fn apply(kind: &str, live: Option<&Value>, applied: &Value, manager: &str, time: &str) -> Result<Value, ApiError> {
+pub fn apply(
+    kind: &str,
+    live: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    time: &str,
+) -> Result<Value, ApiError> {
     if !applied.is_object() {
-        return Err(ApiError::BadRequest("an apply patch must be an object".into()));
+        return Err(ApiError::BadRequest(
+            "an apply patch must be an object".into(),
+        ));
     }
     let mut cfg = applied.clone();
     if let Some(m) = cfg["metadata"].as_object_mut() {
@@ -345,10 +426,11 @@ pub fn apply(kind: &str, live: Option<&Value>, applied: &Value, manager: &str, t
                 continue;
             }
             let others = managed.iter().any(|m| {
-                !(m["manager"] == manager && m["operation"] == "Apply") && contains_path(&m["fieldsV1"], &p)
+                !(m["manager"] == manager && m["operation"] == "Apply")
+                    && contains_path(&m["fieldsV1"], &p)
             });
             if !others {
-                remove_path(kind, &mut obj, &p, "");
+                remove_path(&mut obj, &p, "");
             }
         }
     }
@@ -363,7 +445,13 @@ pub fn apply(kind: &str, live: Option<&Value>, applied: &Value, manager: &str, t
 }
 
 /// Records a non-apply write by `manager` in `obj`'s managedFields.
-pub fn record_update(obj: &mut Value, previous: Option<&Value>, manager: &str, api_version: &str, time: &str) {
+pub fn record_update(
+    obj: &mut Value,
+    previous: Option<&Value>,
+    manager: &str,
+    api_version: &str,
+    time: &str,
+) {
     let mut managed: Vec<Value> = previous
         .and_then(|p| p["metadata"]["managedFields"].as_array().cloned())
         .unwrap_or_default();
@@ -395,13 +483,24 @@ mod tests {
                                {"name": "gone", "$patch": "delete"}]}}}});
         let out = strategic_merge("Deployment", &deploy(), &patch).unwrap();
         assert_eq!(out["metadata"]["labels"], json!({"b": "2"}));
-        let cs = out["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+        let cs = out["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap();
         assert_eq!(cs[0]["name"], "side");
         assert_eq!(cs[1]["image"], "nginx:2");
-        assert_eq!(cs[1]["env"], json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]));
+        assert_eq!(
+            cs[1]["env"],
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+        );
         let del = json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}}}});
         let out = strategic_merge("Deployment", &deploy(), &del).unwrap();
-        assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         let retain = json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null}}});
         let mut d = deploy();
         d["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}});
@@ -410,7 +509,10 @@ mod tests {
         // Atomic lists are replaced.
         let args = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "args": ["x"]}]}}}});
         let out = strategic_merge("Deployment", &deploy(), &args).unwrap();
-        assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["args"], json!(["x"]));
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["args"],
+            json!(["x"])
+        );
     }
 
     #[test]
@@ -418,7 +520,10 @@ mod tests {
         let svc = json!({"kind": "Service", "spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]}});
         let p = json!({"spec": {"ports": [{"port": 443, "$patch": "delete"}, {"port": 80, "targetPort": 8080}]}});
         let out = strategic_merge("Service", &svc, &p).unwrap();
-        assert_eq!(out["spec"]["ports"], json!([{"port": 80, "name": "http", "targetPort": 8080}]));
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 80, "name": "http", "targetPort": 8080}])
+        );
     }
 
     #[test]
@@ -443,7 +548,11 @@ mod tests {
         let d = deploy();
         let out = merge_patch(&d, &json!({"metadata": {"labels": {"a": null, "c": "3"}}}));
         assert_eq!(out["metadata"]["labels"], json!({"c": "3"}));
-        let out = json_patch(&d, br#"[{"op": "replace", "path": "/metadata/name", "value": "e"}]"#).unwrap();
+        let out = json_patch(
+            &d,
+            br#"[{"op": "replace", "path": "/metadata/name", "value": "e"}]"#,
+        )
+        .unwrap();
         assert_eq!(out["metadata"]["name"], "e");
         assert!(json_patch(&d, br#"[{"op": "remove", "path": "/nope"}]"#).is_err());
         assert!(json_patch(&d, b"not json").is_err());

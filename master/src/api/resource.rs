@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::auth::Identity;
@@ -33,7 +33,11 @@ pub struct Target {
 
 /// Parses `/api/v1/...` and `/apis/<g>/<v>/...`.
 pub fn parse_path(path: &str) -> Result<Target, ApiError> {
-    let nf = || ApiError::NoRoute(format!("the server could not find the requested resource ({path})"));
+    let nf = || {
+        ApiError::NoRoute(format!(
+            "the server could not find the requested resource ({path})"
+        ))
+    };
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
@@ -83,7 +87,11 @@ fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get("accept")
         .and_then(|h| h.to_str().ok())
-        .is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
 }
 
 /// Decodes a request body (JSON, or YAML when the content type says so).
@@ -98,8 +106,9 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
         )));
     }
     if ct.contains("yaml") {
-        let v: serde_yaml::Value = serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))?;
+        let v: serde_yaml::Value = serde_yaml::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))
+        })?;
         serde_json::to_value(v).map_err(|e| ApiError::BadRequest(e.to_string()))
     } else {
         serde_json::from_slice(body)
@@ -108,12 +117,20 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
 }
 
 /// Whether `id` may do `verb` on `t` (`obj`: the object written, when there is one).
-fn authorize(id: &Identity, verb: &str, t: &Target, obj: Option<&Value>, live: Option<&Value>) -> Result<(), ApiError> {
+fn authorize(
+    id: &Identity,
+    verb: &str,
+    t: &Target,
+    obj: Option<&Value>,
+    live: Option<&Value>,
+) -> Result<(), ApiError> {
     let read = matches!(verb, "get" | "list" | "watch");
     let node = match id {
         Identity::Admin { .. } => return Ok(()),
         Identity::Joiner => {
-            return Err(ApiError::Forbidden("the join token may only be used to join (POST /podlet/v1/join)".into()))
+            return Err(ApiError::Forbidden(
+                "the join token may only be used to join (POST /podlet/v1/join)".into(),
+            ))
         }
         Identity::Node { node } => node,
     };
@@ -125,20 +142,32 @@ fn authorize(id: &Identity, verb: &str, t: &Target, obj: Option<&Value>, live: O
         ))
     };
     if read {
-        return if t.resource.kind == "Secret" { Err(deny()) } else { Ok(()) };
+        return if t.resource.kind == "Secret" {
+            Err(deny())
+        } else {
+            Ok(())
+        };
     }
-    let name = t.name.as_deref().or_else(|| obj.and_then(|o| o["metadata"]["name"].as_str()));
+    let name = t
+        .name
+        .as_deref()
+        .or_else(|| obj.and_then(|o| o["metadata"]["name"].as_str()));
     let ok = match t.resource.kind {
         "Node" => name == Some(node.as_str()),
         "Lease" => name == Some(node.as_str()) && t.namespace.as_deref() == Some("kube-node-lease"),
         "Pod" => {
-            let bound = |o: Option<&Value>| o.is_some_and(|o| o["spec"]["nodeName"] == node.as_str());
+            let bound =
+                |o: Option<&Value>| o.is_some_and(|o| o["spec"]["nodeName"] == node.as_str());
             verb != "create" && bound(live) && (obj.is_none() || bound(obj))
         }
         "Event" => verb == "create",
         _ => false,
     };
-    if ok { Ok(()) } else { Err(deny()) }
+    if ok {
+        Ok(())
+    } else {
+        Err(deny())
+    }
 }
 
 fn verb_of(method: &Method, t: &Target, query: &HashMap<String, String>) -> &'static str {
@@ -181,12 +210,25 @@ pub async fn handle(
             authorize(id, verb, &t, None, None)?;
             let obj = get_object(st, &t).await?;
             let out = match t.sub.as_deref() {
-                Some("scale") => scale_of(&t, &obj),
+                Some("scale") => scale_of(&obj),
                 _ => obj,
             };
             if wants_table(headers) && t.sub.is_none() {
-                let rv = out["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
-                return Ok(json_response(StatusCode::OK, &table::table(t.resource.kind, &[out], &rv, None, q(query, "includeObject").unwrap_or("Metadata"), true)));
+                let rv = out["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(
+                        t.resource.kind,
+                        &[out],
+                        &rv,
+                        None,
+                        q(query, "includeObject").unwrap_or("Metadata"),
+                        true,
+                    ),
+                ));
             }
             Ok(json_response(StatusCode::OK, &out))
         }
@@ -198,7 +240,10 @@ pub async fn handle(
                 return bind(st, &t, &obj).await;
             }
             if t.name.is_some() {
-                return Err(ApiError::MethodNotAllowed(format!("POST is not supported on a named {}", t.resource.kind)));
+                return Err(ApiError::MethodNotAllowed(format!(
+                    "POST is not supported on a named {}",
+                    t.resource.kind
+                )));
             }
             authorize(id, verb, &t, Some(&obj), None)?;
             let fv = FieldValidation::parse(q(query, "fieldValidation"))?;
@@ -219,14 +264,37 @@ pub async fn handle(
                 .unwrap_or("")
                 .trim()
                 .to_string();
-            let (code, out) = write(st, id, &t, verb, &content_type, &body, headers, query, fv, dry).await?;
+            let (code, out) = write(
+                st,
+                id,
+                &t,
+                verb,
+                &content_type,
+                &body,
+                headers,
+                query,
+                fv,
+                dry,
+            )
+            .await?;
             Ok(json_response(code, &out))
         }
         "delete" => {
             let live = get_object(st, &t).await?;
             authorize(id, verb, &t, None, Some(&live))?;
-            let opts = if body.is_empty() { json!({}) } else { decode_body(headers, &body)? };
-            let out = super::gc::delete(st, t.resource, t.namespace.as_deref(), t.name.as_deref().unwrap_or(""), &opts).await?;
+            let opts = if body.is_empty() {
+                json!({})
+            } else {
+                decode_body(headers, &body)?
+            };
+            let out = super::gc::delete(
+                st,
+                t.resource,
+                t.namespace.as_deref(),
+                t.name.as_deref().unwrap_or(""),
+                &opts,
+            )
+            .await?;
             Ok(json_response(StatusCode::OK, &out))
         }
         "deletecollection" => {
@@ -251,9 +319,14 @@ pub async fn handle(
                     Err(e) => return Err(e),
                 }
             }
-            Ok(json_response(StatusCode::OK, &json!({"kind": t.resource.list_kind(), "apiVersion": t.resource.api_version(), "metadata": {}, "items": deleted})))
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": t.resource.list_kind(), "apiVersion": t.resource.api_version(), "metadata": {}, "items": deleted}),
+            ))
         }
-        _ => Err(ApiError::MethodNotAllowed(format!("{method} is not supported here"))),
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not supported here"
+        ))),
     }
 }
 
@@ -269,19 +342,30 @@ pub async fn get_object(st: &AppState, t: &Target) -> Result<Value, ApiError> {
     st.codec.decode(&kv)
 }
 
-async fn list(st: &AppState, t: &Target, query: &HashMap<String, String>, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn list(
+    st: &AppState,
+    t: &Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     if q(query, "sendInitialEvents").is_some() {
         return Err(ApiError::Invalid {
             kind: "ListOptions".into(),
             group: "meta.k8s.io".into(),
             name: String::new(),
-            causes: vec![super::status::Cause::invalid("sendInitialEvents", "true", "sendInitialEvents is forbidden for list")],
+            causes: vec![super::status::Cause::invalid(
+                "sendInitialEvents",
+                "true",
+                "sendInitialEvents is forbidden for list",
+            )],
         });
     }
     let filter = Filter::parse(q(query, "labelSelector"), q(query, "fieldSelector"))?;
     let limit: usize = match q(query, "limit") {
         None => 0,
-        Some(l) => l.parse().map_err(|_| ApiError::BadRequest(format!("limit {l:?} is not a number")))?,
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("limit {l:?} is not a number")))?,
     };
     let prefix = t.resource.prefix_in(t.namespace.as_deref());
     let (mut revision, mut start) = match q(query, "continue") {
@@ -290,17 +374,30 @@ async fn list(st: &AppState, t: &Target, query: &HashMap<String, String>, header
             (Some(rv), Some(s))
         }
         None => {
-            let rv = match (q(query, "resourceVersion"), q(query, "resourceVersionMatch")) {
-                (Some(rv), Some("Exact")) => Some(rv.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?),
+            let rv = match (
+                q(query, "resourceVersion"),
+                q(query, "resourceVersionMatch"),
+            ) {
+                (Some(rv), Some("Exact")) => Some(rv.parse::<i64>().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid resourceVersion {rv:?}"))
+                })?),
                 _ => None,
             };
             (rv, None)
         }
     };
+    let table_wanted = wants_table(headers);
+    // Without selectors and tables the stored bytes go out as they are (no parse, no re-encode).
+    let raw = filter.is_empty() && !table_wanted;
+    let mut raw_items: Vec<Vec<u8>> = Vec::new();
     let mut items = Vec::new();
     let mut cont = None;
     loop {
-        let want = if limit == 0 { 0 } else { limit - items.len() };
+        let want = if limit == 0 {
+            0
+        } else {
+            limit.saturating_sub(items.len() + raw_items.len())
+        };
         let page = st
             .store
             .list(&prefix, start.as_deref(), want, revision)
@@ -314,6 +411,10 @@ async fn list(st: &AppState, t: &Target, query: &HashMap<String, String>, header
         revision = Some(page.revision);
         let last = page.items.last().map(|kv| kv.key.clone());
         for kv in &page.items {
+            if raw {
+                raw_items.push(st.codec.raw_with_rv(kv)?);
+                continue;
+            }
             let obj = st.codec.decode(kv)?;
             if filter.matches(&obj) {
                 items.push(obj);
@@ -323,15 +424,39 @@ async fn list(st: &AppState, t: &Target, query: &HashMap<String, String>, header
             break;
         }
         start = last;
-        if limit > 0 && items.len() >= limit {
+        if limit > 0 && items.len() + raw_items.len() >= limit {
             cont = start.as_deref().map(|s| encode_continue(page.revision, s));
             break;
         }
     }
     let rv = revision.unwrap_or(0).to_string();
-    if wants_table(headers) {
+    if raw {
+        let mut meta = json!({"resourceVersion": rv});
+        if let Some(c) = &cont {
+            meta["continue"] = json!(c);
+        }
+        let mut body = format!(
+            "{{\"kind\":{},\"apiVersion\":{},\"metadata\":{},\"items\":[",
+            json!(t.resource.list_kind()),
+            json!(t.resource.api_version()),
+            meta
+        )
+        .into_bytes();
+        for (i, item) in raw_items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"]}");
+        return Ok((StatusCode::OK, [("content-type", "application/json")], body).into_response());
+    }
+    if table_wanted {
         let include = q(query, "includeObject").unwrap_or("Metadata");
-        return Ok(json_response(StatusCode::OK, &table::table(t.resource.kind, &items, &rv, cont.as_deref(), include, true)));
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(t.resource.kind, &items, &rv, cont.as_deref(), include, true),
+        ));
     }
     let mut meta = json!({"resourceVersion": rv});
     if let Some(c) = cont {
@@ -346,7 +471,11 @@ async fn list(st: &AppState, t: &Target, query: &HashMap<String, String>, header
 /// Makes sure the namespace of a new object exists and is not terminating.
 async fn check_namespace(st: &AppState, ns: &str) -> Result<(), ApiError> {
     let r = resources::find("", "v1", "namespaces").expect("namespaces");
-    let kv = st.store.get(&r.key(None, ns)).await.map_err(|e| ApiError::from_store(r, ns, e))?;
+    let kv = st
+        .store
+        .get(&r.key(None, ns))
+        .await
+        .map_err(|e| ApiError::from_store(r, ns, e))?;
     let obj = match kv {
         Some(kv) => st.codec.decode(&kv)?,
         None => return Err(ApiError::not_found(r, ns)),
@@ -362,7 +491,11 @@ async fn check_namespace(st: &AppState, ns: &str) -> Result<(), ApiError> {
 /// Picks a free cluster IP in 10.43.0.0/16 for a new Service.
 async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiError> {
     let r = resources::find("", "v1", "services").expect("services");
-    let page = st.store.list(&r.prefix(), None, 0, None).await.map_err(|e| ApiError::from_store(r, name, e))?;
+    let page = st
+        .store
+        .list(&r.prefix(), None, 0, None)
+        .await
+        .map_err(|e| ApiError::from_store(r, name, e))?;
     let mut used = std::collections::HashSet::new();
     for kv in &page.items {
         if let Ok(o) = st.codec.decode(kv) {
@@ -371,7 +504,10 @@ async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiErr
             }
         }
     }
-    let start: u32 = name.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619)) % 65000;
+    let start: u32 = name
+        .bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
+        % 65000;
     for i in 0..65000u32 {
         let n = (start + i) % 65000 + 10;
         let ip = format!("10.43.{}.{}", n / 256, n % 256);
@@ -379,25 +515,46 @@ async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiErr
             return Ok(ip);
         }
     }
-    Err(ApiError::Internal("no cluster IP left in 10.43.0.0/16".into()))
+    Err(ApiError::Internal(
+        "no cluster IP left in 10.43.0.0/16".into(),
+    ))
 }
 
 /// Admission and storage of a new object.
-pub async fn create(st: &AppState, t: &Target, obj: Value, fv: FieldValidation, manager: &str, dry: bool) -> Result<Value, ApiError> {
+pub async fn create(
+    st: &AppState,
+    t: &Target,
+    obj: Value,
+    fv: FieldValidation,
+    manager: &str,
+    dry: bool,
+) -> Result<Value, ApiError> {
     let r = t.resource;
     if !obj.is_object() {
-        return Err(ApiError::BadRequest("the request body must be an object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be an object".into(),
+        ));
     }
     let mut obj = obj;
     match obj["apiVersion"].as_str() {
         None => obj["apiVersion"] = json!(r.api_version()),
         Some(v) if v == r.api_version() => {}
-        Some(v) => return Err(ApiError::BadRequest(format!("the API version in the data ({v}) does not match the expected API version ({})", r.api_version()))),
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "the API version in the data ({v}) does not match the expected API version ({})",
+                r.api_version()
+            )))
+        }
     }
     match obj["kind"].as_str() {
         None => obj["kind"] = json!(r.kind),
         Some(k) if k == r.kind => {}
-        Some(k) => return Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", r.kind))),
+        Some(k) => {
+            return Err(ApiError::BadRequest(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                r.kind
+            )))
+        }
     }
     // Shape first (unknown fields per `fieldValidation`): everything below may then index
     // into the object without meeting a value of the wrong type.
@@ -406,7 +563,10 @@ pub async fn create(st: &AppState, t: &Target, obj: Value, fv: FieldValidation, 
         obj["metadata"] = json!({});
     }
     if r.namespaced {
-        let ns = t.namespace.clone().ok_or_else(|| ApiError::BadRequest("a namespace is required".into()))?;
+        let ns = t
+            .namespace
+            .clone()
+            .ok_or_else(|| ApiError::BadRequest("a namespace is required".into()))?;
         match obj["metadata"]["namespace"].as_str() {
             None => obj["metadata"]["namespace"] = json!(ns),
             Some(n) if n == ns => {}
@@ -420,7 +580,13 @@ pub async fn create(st: &AppState, t: &Target, obj: Value, fv: FieldValidation, 
     if obj["metadata"]["name"].as_str().is_none_or(str::is_empty) {
         match &generate {
             Some(g) if !g.is_empty() => {}
-            _ => return Err(ApiError::invalid(r, "", vec![super::status::Cause::required("metadata.name")])),
+            _ => {
+                return Err(ApiError::invalid(
+                    r,
+                    "",
+                    vec![super::status::Cause::required("metadata.name")],
+                ))
+            }
         }
     }
     let now = objects::now();
@@ -434,7 +600,10 @@ pub async fn create(st: &AppState, t: &Target, obj: Value, fv: FieldValidation, 
         m.remove("deletionGracePeriodSeconds");
     }
     objects::default(r, &mut obj);
-    if r.kind == "Service" && obj["spec"]["clusterIP"].as_str().is_none_or(str::is_empty) && obj["spec"]["type"] != "ExternalName" {
+    if r.kind == "Service"
+        && obj["spec"]["clusterIP"].as_str().is_none_or(str::is_empty)
+        && obj["spec"]["type"] != "ExternalName"
+    {
         let ip = allocate_cluster_ip(st, obj["metadata"]["name"].as_str().unwrap_or("")).await?;
         obj["spec"]["clusterIP"] = json!(ip);
         obj["spec"]["clusterIPs"] = json!([ip]);
@@ -443,11 +612,16 @@ pub async fn create(st: &AppState, t: &Target, obj: Value, fv: FieldValidation, 
         patch::record_update(&mut obj, None, manager, &r.api_version(), &now);
     }
     for attempt in 0..8 {
-        if let Some(g) = generate.as_deref().filter(|_| obj["metadata"]["name"].as_str().is_none_or(str::is_empty) || attempt > 0) {
-            let suffix: String = (0..5).map(|_| {
-                let c = b"bcdfghjklmnpqrstvwxz2456789"[rand::random_range(0..27)];
-                c as char
-            }).collect();
+        if let Some(g) = generate
+            .as_deref()
+            .filter(|_| obj["metadata"]["name"].as_str().is_none_or(str::is_empty) || attempt > 0)
+        {
+            let suffix: String = (0..5)
+                .map(|_| {
+                    let c = b"bcdfghjklmnpqrstvwxz2456789"[rand::random_range(0..27)];
+                    c as char
+                })
+                .collect();
             obj["metadata"]["name"] = json!(format!("{g}{suffix}"));
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -467,15 +641,20 @@ pub async fn create(st: &AppState, t: &Target, obj: Value, fv: FieldValidation, 
             Err(e) => return Err(ApiError::from_store(r, &name, e)),
         }
     }
-    Err(ApiError::Internal("could not generate a unique name".into()))
+    Err(ApiError::Internal(
+        "could not generate a unique name".into(),
+    ))
 }
 
 /// The `Scale` view of a Deployment or ReplicaSet.
-fn scale_of(t: &Target, obj: &Value) -> Value {
+fn scale_of(obj: &Value) -> Value {
     let sel = obj["spec"]["selector"]["matchLabels"]
         .as_object()
         .map(|m| {
-            let mut v: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+            let mut v: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
             v.sort();
             v.join(",")
         })
@@ -488,28 +667,29 @@ fn scale_of(t: &Target, obj: &Value) -> Value {
         "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
         "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": sel},
     })
-    .tap(|_| {
-        let _ = t;
-    })
 }
-
-trait Tap: Sized {
-    fn tap(self, f: impl FnOnce(&Self)) -> Self {
-        f(&self);
-        self
-    }
-}
-impl Tap for Value {}
 
 /// `POST pods/<name>/binding`.
 async fn bind(st: &AppState, t: &Target, binding: &Value) -> Result<Response, ApiError> {
-    let node = binding["target"]["name"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| {
-        ApiError::invalid(t.resource, t.name.as_deref().unwrap_or(""), vec![super::status::Cause::required("target.name")])
-    })?;
+    let node = binding["target"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                t.resource,
+                t.name.as_deref().unwrap_or(""),
+                vec![super::status::Cause::required("target.name")],
+            )
+        })?;
     let name = t.name.clone().unwrap_or_default();
     let key = t.resource.key(t.namespace.as_deref(), &name);
     for _ in 0..5 {
-        let kv = st.store.get(&key).await.map_err(|e| ApiError::from_store(t.resource, &name, e))?.ok_or_else(|| ApiError::not_found(t.resource, &name))?;
+        let kv = st
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_store(t.resource, &name, e))?
+            .ok_or_else(|| ApiError::not_found(t.resource, &name))?;
         let mut pod = st.codec.decode(&kv)?;
         if let Some(uid) = binding["metadata"]["uid"].as_str() {
             if pod["metadata"]["uid"] != uid {
@@ -518,19 +698,31 @@ async fn bind(st: &AppState, t: &Target, binding: &Value) -> Result<Response, Ap
         }
         if let Some(current) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
             return Err(ApiError::Conflict {
-                qualified: format!("pods/binding"),
+                qualified: "pods/binding".to_string(),
                 group: String::new(),
                 plural: "pods".into(),
                 name: format!("{name}\": pod {name} is already assigned to node \"{current}"),
             });
         }
         pod["spec"]["nodeName"] = json!(node);
-        let mut conds: Vec<Value> = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let mut conds: Vec<Value> = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         conds.retain(|c| c["type"] != "PodScheduled");
         conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()}));
         pod["status"]["conditions"] = Value::Array(conds);
-        match st.store.update(&key, st.codec.encode(&pod)?, Some(kv.mod_revision)).await {
-            Ok(_) => return Ok(json_response(StatusCode::CREATED, &super::status::success())),
+        match st
+            .store
+            .update(&key, st.codec.encode(&pod)?, Some(kv.mod_revision))
+            .await
+        {
+            Ok(_) => {
+                return Ok(json_response(
+                    StatusCode::CREATED,
+                    &super::status::success(),
+                ))
+            }
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(ApiError::from_store(t.resource, &name, e)),
         }
@@ -568,10 +760,19 @@ async fn write(
     dry: bool,
 ) -> Result<(StatusCode, Value), ApiError> {
     let r = t.resource;
-    let name = t.name.clone().ok_or_else(|| ApiError::MethodNotAllowed(format!("{verb} needs an object name")))?;
+    let name = t
+        .name
+        .clone()
+        .ok_or_else(|| ApiError::MethodNotAllowed(format!("{verb} needs an object name")))?;
     let key = r.key(t.namespace.as_deref(), &name);
-    let manager_default = if content_type == "application/apply-patch+yaml" { "" } else { "unknown" };
-    let manager = q(query, "fieldManager").unwrap_or(manager_default).to_string();
+    let manager_default = if content_type == "application/apply-patch+yaml" {
+        ""
+    } else {
+        "unknown"
+    };
+    let manager = q(query, "fieldManager")
+        .unwrap_or(manager_default)
+        .to_string();
     if content_type == "application/apply-patch+yaml" && manager.is_empty() {
         return Err(ApiError::BadRequest("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into()));
     }
@@ -581,7 +782,11 @@ async fn write(
         None
     };
     for _attempt in 0..5 {
-        let current = st.store.get(&key).await.map_err(|e| ApiError::from_store(r, &name, e))?;
+        let current = st
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_store(r, &name, e))?;
         let live = match &current {
             Some(kv) => Some(st.codec.decode(kv)?),
             None => None,
@@ -591,7 +796,9 @@ async fn write(
             if content_type == "application/apply-patch+yaml" && t.sub.is_none() {
                 let applied = body_value.clone().unwrap_or(Value::Null);
                 if !applied.is_object() {
-                    return Err(ApiError::BadRequest("an apply patch must be an object".into()));
+                    return Err(ApiError::BadRequest(
+                        "an apply patch must be an object".into(),
+                    ));
                 }
                 let applied = objects::check_types(r, &applied, fv)?;
                 authorize(id, "create", t, Some(&applied), None)?;
@@ -612,7 +819,7 @@ async fn write(
         let live_rev = current.as_ref().map(|kv| kv.mod_revision).unwrap_or(0);
         // The full object the client asks for.
         let base = match t.sub.as_deref() {
-            Some("scale") => scale_of(t, &live),
+            Some("scale") => scale_of(&live),
             _ => live.clone(),
         };
         let wanted = if verb == "update" {
@@ -634,12 +841,17 @@ async fn write(
             }
         };
         if !wanted.is_object() {
-            return Err(ApiError::BadRequest("the object must be a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "the object must be a JSON object".into(),
+            ));
         }
         // Shape first (as for create); the scale view is checked as a Scale.
         let wanted = match t.sub.as_deref() {
             Some("scale") => {
-                let scale = crate::resources::Resource { kind: "Scale", ..*r };
+                let scale = crate::resources::Resource {
+                    kind: "Scale",
+                    ..*r
+                };
                 objects::check_types(&scale, &wanted, fv)?
             }
             _ => objects::check_types(r, &wanted, fv)?,
@@ -647,7 +859,9 @@ async fn write(
         // Optimistic concurrency: a resourceVersion in the body must match.
         let expected = match wanted["metadata"]["resourceVersion"].as_str() {
             Some(rv) if verb == "update" || content_type != "application/apply-patch+yaml" => {
-                let n: i64 = rv.parse().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?;
+                let n: i64 = rv
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?;
                 if n != live_rev {
                     return Err(ApiError::conflict(r, &name));
                 }
@@ -655,8 +869,15 @@ async fn write(
             }
             _ => None,
         };
-        if wanted["metadata"]["name"].as_str().is_some_and(|n| n != name) && t.sub.as_deref() != Some("scale") {
-            return Err(ApiError::BadRequest(format!("the name of the object ({}) does not match the name on the URL ({name})", wanted["metadata"]["name"].as_str().unwrap_or(""))));
+        if wanted["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n != name)
+            && t.sub.as_deref() != Some("scale")
+        {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                wanted["metadata"]["name"].as_str().unwrap_or("")
+            )));
         }
         let mut next = match t.sub.as_deref() {
             Some("status") => {
@@ -666,10 +887,22 @@ async fn write(
             }
             Some("scale") => {
                 let n = wanted["spec"]["replicas"].as_i64().ok_or_else(|| {
-                    ApiError::invalid(r, &name, vec![super::status::Cause::required("spec.replicas")])
+                    ApiError::invalid(
+                        r,
+                        &name,
+                        vec![super::status::Cause::required("spec.replicas")],
+                    )
                 })?;
                 if n < 0 {
-                    return Err(ApiError::invalid(r, &name, vec![super::status::Cause::invalid("spec.replicas", n, "must be greater than or equal to 0")]));
+                    return Err(ApiError::invalid(
+                        r,
+                        &name,
+                        vec![super::status::Cause::invalid(
+                            "spec.replicas",
+                            n,
+                            "must be greater than or equal to 0",
+                        )],
+                    ));
                 }
                 let mut o = live.clone();
                 o["spec"]["replicas"] = json!(n);
@@ -684,7 +917,11 @@ async fn write(
                     o["kind"] = live["kind"].clone();
                 }
                 if o["apiVersion"] != live["apiVersion"] || o["kind"] != live["kind"] {
-                    return Err(ApiError::BadRequest(format!("the kind or API version in the data does not match {} {}", r.api_version(), r.kind)));
+                    return Err(ApiError::BadRequest(format!(
+                        "the kind or API version in the data does not match {} {}",
+                        r.api_version(),
+                        r.kind
+                    )));
                 }
                 if r.subresources.contains(&"status") {
                     o["status"] = live["status"].clone();
@@ -693,7 +930,14 @@ async fn write(
             }
         };
         // Metadata the client cannot change.
-        for k in ["uid", "creationTimestamp", "namespace", "deletionTimestamp", "deletionGracePeriodSeconds", "name"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "name",
+        ] {
             next["metadata"][k] = live["metadata"][k].clone();
         }
         if let Some(m) = next["metadata"].as_object_mut() {
@@ -713,13 +957,21 @@ async fn write(
             }
         }
         if content_type != "application/apply-patch+yaml" {
-            patch::record_update(&mut next, Some(&live), &manager, &r.api_version(), &objects::now());
+            patch::record_update(
+                &mut next,
+                Some(&live),
+                &manager,
+                &r.api_version(),
+                &objects::now(),
+            );
         }
         authorize(id, verb, t, Some(&next), Some(&live))?;
         let checked = objects::check_types(r, &next, FieldValidation::Ignore)?;
         objects::validate(r, &checked)?;
         // An object being deleted whose last finalizer went: delete it now.
-        let finalizers_empty = checked["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        let finalizers_empty = checked["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty());
         if !checked["metadata"]["deletionTimestamp"].is_null() && finalizers_empty {
             if dry {
                 return Ok((StatusCode::OK, checked));
@@ -733,7 +985,7 @@ async fn write(
         if without_times(&checked) == without_times(&live) {
             // No change: no write, same resourceVersion (kubectl prints "unchanged").
             let out = match t.sub.as_deref() {
-                Some("scale") => scale_of(t, &live),
+                Some("scale") => scale_of(&live),
                 _ => live,
             };
             return Ok((StatusCode::OK, out));
@@ -741,12 +993,16 @@ async fn write(
         if dry {
             return Ok((StatusCode::OK, checked));
         }
-        match st.store.update(&key, st.codec.encode(&checked)?, Some(live_rev)).await {
+        match st
+            .store
+            .update(&key, st.codec.encode(&checked)?, Some(live_rev))
+            .await
+        {
             Ok(rev) => {
                 let mut out = checked;
                 out["metadata"]["resourceVersion"] = json!(rev.to_string());
                 let out = match t.sub.as_deref() {
-                    Some("scale") => scale_of(t, &out),
+                    Some("scale") => scale_of(&out),
                     _ => out,
                 };
                 return Ok((StatusCode::OK, out));

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -46,9 +45,14 @@ pub fn json_response(code: StatusCode, v: &Value) -> Response {
 }
 
 async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let public = matches!(req.uri().path(), "/version" | "/healthz" | "/livez" | "/readyz");
+    let public = matches!(
+        req.uri().path(),
+        "/version" | "/healthz" | "/livez" | "/readyz"
+    );
     let identity = match &st.tokens {
-        None => Some(Identity::Admin { user: "admin".into() }),
+        None => Some(Identity::Admin {
+            user: "admin".into(),
+        }),
         Some(tokens) => req
             .headers()
             .get("authorization")
@@ -83,23 +87,40 @@ async fn apis() -> Response {
 }
 
 async fn core_v1() -> Response {
-    json_response(StatusCode::OK, &discovery::resource_list("", "v1").unwrap_or(Value::Null))
+    json_response(
+        StatusCode::OK,
+        &discovery::resource_list("", "v1").unwrap_or(Value::Null),
+    )
 }
 
-async fn group_version(axum::extract::Path((g, v)): axum::extract::Path<(String, String)>) -> Response {
+async fn group_version(
+    axum::extract::Path((g, v)): axum::extract::Path<(String, String)>,
+) -> Response {
     match discovery::resource_list(&g, &v) {
         Some(l) => json_response(StatusCode::OK, &l),
-        None => ApiError::NoRoute(format!("the server could not find the requested resource (/apis/{g}/{v})")).into_response(),
+        None => ApiError::NoRoute(format!(
+            "the server could not find the requested resource (/apis/{g}/{v})"
+        ))
+        .into_response(),
     }
 }
 
 async fn group(axum::extract::Path(g): axum::extract::Path<String>) -> Response {
-    match super::super::resources::groups().into_iter().find(|(name, _)| *name == g) {
+    match super::super::resources::groups()
+        .into_iter()
+        .find(|(name, _)| *name == g)
+    {
         Some((name, v)) => {
             let gv = json!({"groupVersion": format!("{name}/{v}"), "version": v});
-            json_response(StatusCode::OK, &json!({"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": [gv.clone()], "preferredVersion": gv}))
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": [gv.clone()], "preferredVersion": gv}),
+            )
         }
-        None => ApiError::NoRoute(format!("the server could not find the requested resource (/apis/{g})")).into_response(),
+        None => ApiError::NoRoute(format!(
+            "the server could not find the requested resource (/apis/{g})"
+        ))
+        .into_response(),
     }
 }
 
@@ -115,7 +136,11 @@ async fn openapi_doc(axum::extract::Path(path): axum::extract::Path<String>) -> 
 }
 
 /// `POST /podlet/v1/join` with the join token and `{"nodeName": "…"}`: a token of the node's own.
-async fn join(State(st): State<AppState>, axum::Extension(id): axum::Extension<Identity>, body: axum::body::Bytes) -> Response {
+async fn join(
+    State(st): State<AppState>,
+    axum::Extension(id): axum::Extension<Identity>,
+    body: axum::body::Bytes,
+) -> Response {
     let allowed = matches!(id, Identity::Joiner | Identity::Admin { .. });
     if !allowed {
         return ApiError::Forbidden("only the join token may join nodes".into()).into_response();
@@ -124,11 +149,18 @@ async fn join(State(st): State<AppState>, axum::Extension(id): axum::Extension<I
         Ok(v) => v,
         Err(e) => return ApiError::BadRequest(format!("join request: {e}")).into_response(),
     };
-    let Some(node) = req["nodeName"].as_str().filter(|n| !n.is_empty() && n.len() <= 253) else {
+    let Some(node) = req["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty() && n.len() <= 253)
+    else {
         return ApiError::BadRequest("join request: nodeName is required".into()).into_response();
     };
-    if !node.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.') {
-        return ApiError::BadRequest(format!("join request: invalid nodeName {node:?}")).into_response();
+    if !node
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return ApiError::BadRequest(format!("join request: invalid nodeName {node:?}"))
+            .into_response();
     }
     let Some(tokens) = &st.tokens else {
         return ApiError::BadRequest("authentication is off".into()).into_response();
@@ -155,7 +187,8 @@ async fn resources(
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return ApiError::TooLarge(format!("the request body exceeds {MAX_BODY} bytes")).into_response();
+            return ApiError::TooLarge(format!("the request body exceeds {MAX_BODY} bytes"))
+                .into_response();
         }
     };
     match super::resource::handle(&st, &id, method, &path, &query, &headers, body).await {
@@ -180,11 +213,9 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi/v3/{*path}", get(openapi_doc))
         .route("/podlet/v1/join", post(join))
         .fallback(resources)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state)
-}
-
-/// Turns a body-less error response into a Status body (for axum's own rejections).
-pub fn empty_body() -> Body {
-    Body::empty()
 }

@@ -152,9 +152,9 @@ impl ApiError {
             StoreError::NotFound(_) => ApiError::not_found(r, name),
             StoreError::AlreadyExists(_) => ApiError::already_exists(r, name),
             StoreError::Conflict { .. } => ApiError::conflict(r, name),
-            StoreError::Compacted { requested, oldest } => ApiError::Expired(format!(
-                "too old resource version: {requested} ({oldest})"
-            )),
+            StoreError::Compacted { requested, oldest } => {
+                ApiError::Expired(format!("too old resource version: {requested} ({oldest})"))
+            }
             StoreError::FutureRevision { requested, current } => ApiError::Expired(format!(
                 "Too large resource version: {requested}, current: {current}"
             )),

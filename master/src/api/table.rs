@@ -10,15 +10,27 @@ pub fn human_duration(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if d < 365 * 8 {
@@ -52,7 +64,11 @@ fn s(v: &Value) -> String {
 }
 
 fn or_none(v: String) -> String {
-    if v.is_empty() { "<none>".into() } else { v }
+    if v.is_empty() {
+        "<none>".into()
+    } else {
+        v
+    }
 }
 
 fn selector_text(sel: &Value) -> String {
@@ -65,10 +81,19 @@ fn selector_text(sel: &Value) -> String {
 }
 
 fn pod_row(p: &Value) -> Vec<Value> {
-    let containers = p["spec"]["containers"].as_array().map(|c| c.len()).unwrap_or(0);
-    let statuses = p["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+    let containers = p["spec"]["containers"]
+        .as_array()
+        .map(|c| c.len())
+        .unwrap_or(0);
+    let statuses = p["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-    let restarts: i64 = statuses.iter().filter_map(|c| c["restartCount"].as_i64()).sum();
+    let restarts: i64 = statuses
+        .iter()
+        .filter_map(|c| c["restartCount"].as_i64())
+        .sum();
     let mut status = s(&p["status"]["phase"]);
     if let Some(r) = p["status"]["reason"].as_str() {
         status = r.to_string();
@@ -113,10 +138,19 @@ fn ports_text(svc: &Value) -> String {
 }
 
 fn containers_and_images(spec: &Value) -> (String, String) {
-    let cs = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let cs = spec["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     (
-        cs.iter().map(|c| s(&c["name"])).collect::<Vec<_>>().join(","),
-        cs.iter().map(|c| s(&c["image"])).collect::<Vec<_>>().join(","),
+        cs.iter()
+            .map(|c| s(&c["name"]))
+            .collect::<Vec<_>>()
+            .join(","),
+        cs.iter()
+            .map(|c| s(&c["image"]))
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }
 
@@ -124,76 +158,212 @@ fn containers_and_images(spec: &Value) -> (String, String) {
 pub fn columns_and_rows(kind: &str, items: &[Value]) -> (Vec<Value>, Vec<Vec<Value>>) {
     match kind {
         "Pod" => (
-            vec![col("Name", "string", 0), col("Ready", "string", 0), col("Status", "string", 0),
-                 col("Restarts", "string", 0), col("Age", "string", 0), col("IP", "string", 1),
-                 col("Node", "string", 1), col("Nominated Node", "string", 1), col("Readiness Gates", "string", 1)],
+            vec![
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Status", "string", 0),
+                col("Restarts", "string", 0),
+                col("Age", "string", 0),
+                col("IP", "string", 1),
+                col("Node", "string", 1),
+                col("Nominated Node", "string", 1),
+                col("Readiness Gates", "string", 1),
+            ],
             items.iter().map(pod_row).collect(),
         ),
         "Deployment" => (
-            vec![col("Name", "string", 0), col("Ready", "string", 0), col("Up-to-date", "integer", 0),
-                 col("Available", "integer", 0), col("Age", "string", 0), col("Containers", "string", 1),
-                 col("Images", "string", 1), col("Selector", "string", 1)],
-            items.iter().map(|d| {
-                let (c, i) = containers_and_images(&d["spec"]);
-                vec![json!(d["metadata"]["name"]),
-                     json!(format!("{}/{}", d["status"]["readyReplicas"].as_i64().unwrap_or(0), d["spec"]["replicas"].as_i64().unwrap_or(0))),
-                     json!(d["status"]["updatedReplicas"].as_i64().unwrap_or(0)),
-                     json!(d["status"]["availableReplicas"].as_i64().unwrap_or(0)),
-                     json!(age(d)), json!(c), json!(i), json!(selector_text(&d["spec"]["selector"]["matchLabels"]))]
-            }).collect(),
+            vec![
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Up-to-date", "integer", 0),
+                col("Available", "integer", 0),
+                col("Age", "string", 0),
+                col("Containers", "string", 1),
+                col("Images", "string", 1),
+                col("Selector", "string", 1),
+            ],
+            items
+                .iter()
+                .map(|d| {
+                    let (c, i) = containers_and_images(&d["spec"]);
+                    vec![
+                        json!(d["metadata"]["name"]),
+                        json!(format!(
+                            "{}/{}",
+                            d["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                            d["spec"]["replicas"].as_i64().unwrap_or(0)
+                        )),
+                        json!(d["status"]["updatedReplicas"].as_i64().unwrap_or(0)),
+                        json!(d["status"]["availableReplicas"].as_i64().unwrap_or(0)),
+                        json!(age(d)),
+                        json!(c),
+                        json!(i),
+                        json!(selector_text(&d["spec"]["selector"]["matchLabels"])),
+                    ]
+                })
+                .collect(),
         ),
         "ReplicaSet" => (
-            vec![col("Name", "string", 0), col("Desired", "integer", 0), col("Current", "integer", 0),
-                 col("Ready", "integer", 0), col("Age", "string", 0), col("Containers", "string", 1),
-                 col("Images", "string", 1), col("Selector", "string", 1)],
-            items.iter().map(|d| {
-                let (c, i) = containers_and_images(&d["spec"]);
-                vec![json!(d["metadata"]["name"]), json!(d["spec"]["replicas"].as_i64().unwrap_or(0)),
-                     json!(d["status"]["replicas"].as_i64().unwrap_or(0)), json!(d["status"]["readyReplicas"].as_i64().unwrap_or(0)),
-                     json!(age(d)), json!(c), json!(i), json!(selector_text(&d["spec"]["selector"]["matchLabels"]))]
-            }).collect(),
+            vec![
+                col("Name", "string", 0),
+                col("Desired", "integer", 0),
+                col("Current", "integer", 0),
+                col("Ready", "integer", 0),
+                col("Age", "string", 0),
+                col("Containers", "string", 1),
+                col("Images", "string", 1),
+                col("Selector", "string", 1),
+            ],
+            items
+                .iter()
+                .map(|d| {
+                    let (c, i) = containers_and_images(&d["spec"]);
+                    vec![
+                        json!(d["metadata"]["name"]),
+                        json!(d["spec"]["replicas"].as_i64().unwrap_or(0)),
+                        json!(d["status"]["replicas"].as_i64().unwrap_or(0)),
+                        json!(d["status"]["readyReplicas"].as_i64().unwrap_or(0)),
+                        json!(age(d)),
+                        json!(c),
+                        json!(i),
+                        json!(selector_text(&d["spec"]["selector"]["matchLabels"])),
+                    ]
+                })
+                .collect(),
         ),
         "Service" => (
-            vec![col("Name", "string", 0), col("Type", "string", 0), col("Cluster-IP", "string", 0),
-                 col("External-IP", "string", 0), col("Port(s)", "string", 0), col("Age", "string", 0),
-                 col("Selector", "string", 1)],
-            items.iter().map(|v| {
-                let ext: Vec<String> = v["spec"]["externalIPs"].as_array().into_iter().flatten().map(s).collect();
-                vec![json!(v["metadata"]["name"]), json!(s(&v["spec"]["type"])), json!(or_none(s(&v["spec"]["clusterIP"]))),
-                     json!(or_none(ext.join(","))), json!(ports_text(v)), json!(age(v)), json!(selector_text(&v["spec"]["selector"]))]
-            }).collect(),
+            vec![
+                col("Name", "string", 0),
+                col("Type", "string", 0),
+                col("Cluster-IP", "string", 0),
+                col("External-IP", "string", 0),
+                col("Port(s)", "string", 0),
+                col("Age", "string", 0),
+                col("Selector", "string", 1),
+            ],
+            items
+                .iter()
+                .map(|v| {
+                    let ext: Vec<String> = v["spec"]["externalIPs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(s)
+                        .collect();
+                    vec![
+                        json!(v["metadata"]["name"]),
+                        json!(s(&v["spec"]["type"])),
+                        json!(or_none(s(&v["spec"]["clusterIP"]))),
+                        json!(or_none(ext.join(","))),
+                        json!(ports_text(v)),
+                        json!(age(v)),
+                        json!(selector_text(&v["spec"]["selector"])),
+                    ]
+                })
+                .collect(),
         ),
         "ConfigMap" => (
-            vec![col("Name", "string", 0), col("Data", "integer", 0), col("Age", "string", 0)],
-            items.iter().map(|v| {
-                let n = v["data"].as_object().map(|m| m.len()).unwrap_or(0) + v["binaryData"].as_object().map(|m| m.len()).unwrap_or(0);
-                vec![json!(v["metadata"]["name"]), json!(n), json!(age(v))]
-            }).collect(),
+            vec![
+                col("Name", "string", 0),
+                col("Data", "integer", 0),
+                col("Age", "string", 0),
+            ],
+            items
+                .iter()
+                .map(|v| {
+                    let n = v["data"].as_object().map(|m| m.len()).unwrap_or(0)
+                        + v["binaryData"].as_object().map(|m| m.len()).unwrap_or(0);
+                    vec![json!(v["metadata"]["name"]), json!(n), json!(age(v))]
+                })
+                .collect(),
         ),
         "Secret" => (
-            vec![col("Name", "string", 0), col("Type", "string", 0), col("Data", "integer", 0), col("Age", "string", 0)],
-            items.iter().map(|v| vec![json!(v["metadata"]["name"]), json!(s(&v["type"])),
-                json!(v["data"].as_object().map(|m| m.len()).unwrap_or(0)), json!(age(v))]).collect(),
+            vec![
+                col("Name", "string", 0),
+                col("Type", "string", 0),
+                col("Data", "integer", 0),
+                col("Age", "string", 0),
+            ],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        json!(v["metadata"]["name"]),
+                        json!(s(&v["type"])),
+                        json!(v["data"].as_object().map(|m| m.len()).unwrap_or(0)),
+                        json!(age(v)),
+                    ]
+                })
+                .collect(),
         ),
         "Namespace" => (
-            vec![col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)],
-            items.iter().map(|v| vec![json!(v["metadata"]["name"]), json!(s(&v["status"]["phase"])), json!(age(v))]).collect(),
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Age", "string", 0),
+            ],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        json!(v["metadata"]["name"]),
+                        json!(s(&v["status"]["phase"])),
+                        json!(age(v)),
+                    ]
+                })
+                .collect(),
         ),
         "Node" => (
-            vec![col("Name", "string", 0), col("Status", "string", 0), col("Roles", "string", 0),
-                 col("Age", "string", 0), col("Version", "string", 0), col("Internal-IP", "string", 1)],
-            items.iter().map(|v| {
-                let ready = v["status"]["conditions"].as_array().into_iter().flatten()
-                    .find(|c| c["type"] == "Ready").map(|c| match c["status"].as_str() { Some("True") => "Ready", _ => "NotReady" }).unwrap_or("Unknown");
-                let status = if v["spec"]["unschedulable"] == true { format!("{ready},SchedulingDisabled") } else { ready.to_string() };
-                let ip = v["status"]["addresses"].as_array().into_iter().flatten().find(|a| a["type"] == "InternalIP").map(|a| s(&a["address"])).unwrap_or_default();
-                vec![json!(v["metadata"]["name"]), json!(status), json!("<none>"), json!(age(v)),
-                     json!(s(&v["status"]["nodeInfo"]["kubeletVersion"])), json!(or_none(ip))]
-            }).collect(),
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Roles", "string", 0),
+                col("Age", "string", 0),
+                col("Version", "string", 0),
+                col("Internal-IP", "string", 1),
+            ],
+            items
+                .iter()
+                .map(|v| {
+                    let ready = v["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["type"] == "Ready")
+                        .map(|c| match c["status"].as_str() {
+                            Some("True") => "Ready",
+                            _ => "NotReady",
+                        })
+                        .unwrap_or("Unknown");
+                    let status = if v["spec"]["unschedulable"] == true {
+                        format!("{ready},SchedulingDisabled")
+                    } else {
+                        ready.to_string()
+                    };
+                    let ip = v["status"]["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["type"] == "InternalIP")
+                        .map(|a| s(&a["address"]))
+                        .unwrap_or_default();
+                    vec![
+                        json!(v["metadata"]["name"]),
+                        json!(status),
+                        json!("<none>"),
+                        json!(age(v)),
+                        json!(s(&v["status"]["nodeInfo"]["kubeletVersion"])),
+                        json!(or_none(ip)),
+                    ]
+                })
+                .collect(),
         ),
         _ => (
             vec![col("Name", "string", 0), col("Age", "string", 0)],
-            items.iter().map(|v| vec![json!(v["metadata"]["name"]), json!(age(v))]).collect(),
+            items
+                .iter()
+                .map(|v| vec![json!(v["metadata"]["name"]), json!(age(v))])
+                .collect(),
         ),
     }
 }
@@ -204,7 +374,14 @@ fn partial(obj: &Value) -> Value {
 }
 
 /// A `Table` of `items` (`include`: `Metadata` (default), `Object` or `None`).
-pub fn table(kind: &str, items: &[Value], resource_version: &str, cont: Option<&str>, include: &str, with_columns: bool) -> Value {
+pub fn table(
+    kind: &str,
+    items: &[Value],
+    resource_version: &str,
+    cont: Option<&str>,
+    include: &str,
+    with_columns: bool,
+) -> Value {
     let (cols, rows) = columns_and_rows(kind, items);
     let rows: Vec<Value> = rows
         .into_iter()
@@ -246,7 +423,10 @@ mod tests {
                        "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1}]}});
         let t = table("Pod", &[p], "7", None, "Metadata", true);
         let cells = &t["rows"][0]["cells"];
-        assert_eq!(cells.as_array().unwrap().len(), t["columnDefinitions"].as_array().unwrap().len());
+        assert_eq!(
+            cells.as_array().unwrap().len(),
+            t["columnDefinitions"].as_array().unwrap().len()
+        );
         assert_eq!(cells[1], "1/2");
         assert_eq!(cells[3], "3");
         assert_eq!(cells[5], "10.0.0.5");

@@ -30,7 +30,12 @@ fn expired(msg: String) -> Value {
 }
 
 /// Serves one watch.
-pub async fn watch(st: &AppState, t: &Target, query: &HashMap<String, String>, as_table: bool) -> Result<Response, ApiError> {
+pub async fn watch(
+    st: &AppState,
+    t: &Target,
+    query: &HashMap<String, String>,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     if matches!(q(query, "sendInitialEvents"), Some("true")) {
         return Err(ApiError::Invalid {
             kind: "ListOptions".into(),
@@ -45,7 +50,9 @@ pub async fn watch(st: &AppState, t: &Target, query: &HashMap<String, String>, a
     }
     let filter = Filter::parse(q(query, "labelSelector"), q(query, "fieldSelector"))?;
     let timeout = match q(query, "timeoutSeconds") {
-        Some(s) => s.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("timeoutSeconds {s:?} is not a number")))?,
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("timeoutSeconds {s:?} is not a number")))?,
         None => 1800,
     };
     let bookmarks = matches!(q(query, "allowWatchBookmarks"), Some("true" | "1"));
@@ -68,7 +75,9 @@ pub async fn watch(st: &AppState, t: &Target, query: &HashMap<String, String>, a
             }
             page.revision
         }
-        Some(rv) => rv.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?,
+        Some(rv) => rv
+            .parse::<i64>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?,
     };
     st.cache.wait_for(after).await;
     let kind = t.resource.kind;
@@ -76,7 +85,10 @@ pub async fn watch(st: &AppState, t: &Target, query: &HashMap<String, String>, a
     let first_table = std::sync::atomic::AtomicBool::new(true);
     let render = move |ty: &str, obj: &Value| -> String {
         let object = if as_table {
-            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let cols = first_table.swap(false, std::sync::atomic::Ordering::Relaxed);
             table::table(kind, std::slice::from_ref(obj), &rv, None, "Metadata", cols)
         } else {
@@ -89,7 +101,11 @@ pub async fn watch(st: &AppState, t: &Target, query: &HashMap<String, String>, a
     let (replay, live) = match subscribed {
         Ok(x) => x,
         Err(e) => {
-            let mut line = expired(format!("too old resource version: {} ({})", e.requested, e.floor)).to_string();
+            let mut line = expired(format!(
+                "too old resource version: {} ({})",
+                e.requested, e.floor
+            ))
+            .to_string();
             line.push('\n');
             return Ok(stream_response(Body::from(line)));
         }
@@ -159,7 +175,15 @@ pub async fn watch(st: &AppState, t: &Target, query: &HashMap<String, String>, a
 }
 
 fn stream_response(body: Body) -> Response {
-    (StatusCode::OK, [("content-type", "application/json"), ("cache-control", "no-cache")], body).into_response()
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "application/json"),
+            ("cache-control", "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The event type a watcher with `filter` sees for `ev`, if any.

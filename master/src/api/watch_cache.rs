@@ -53,6 +53,9 @@ impl std::fmt::Debug for WatchCache {
     }
 }
 
+/// What a new watcher gets: the events to replay, and a receiver for the live ones.
+pub type Subscription = (Vec<Arc<CachedEvent>>, broadcast::Receiver<Arc<CachedEvent>>);
+
 /// The ring cannot serve a watch from that revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expired {
@@ -114,7 +117,11 @@ impl WatchCache {
                         continue;
                     }
                 };
-                let prev = ev.prev.as_ref().and_then(|p| codec.decode(p).ok()).map(Arc::new);
+                let prev = ev
+                    .prev
+                    .as_ref()
+                    .and_then(|p| codec.decode(p).ok())
+                    .map(Arc::new);
                 let kind = match (ev.kind, &prev) {
                     (EventKind::Delete, _) => "DELETED",
                     (EventKind::Put, None) => "ADDED",
@@ -163,11 +170,7 @@ impl WatchCache {
 
     /// Events after `after` with keys under `prefix` from the ring, and a receiver for the
     /// ones that follow.
-    pub fn subscribe(
-        &self,
-        prefix: &str,
-        after: i64,
-    ) -> Result<(Vec<Arc<CachedEvent>>, broadcast::Receiver<Arc<CachedEvent>>), Expired> {
+    pub fn subscribe(&self, prefix: &str, after: i64) -> Result<Subscription, Expired> {
         let st = self.state.lock().unwrap();
         if after < st.floor {
             return Err(Expired {

@@ -11,6 +11,9 @@ use futures::StreamExt;
 
 use super::{prefix_end, Event, EventKind, EventStream, KeyValue, ListPage, Store, StoreError};
 
+/// Keys per range request when listing.
+const LIST_CHUNK: usize = 1000;
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -179,8 +182,8 @@ impl Store for EtcdStore {
         revision: Option<i64>,
     ) -> Result<ListPage, StoreError> {
         let mut kv = self.client.kv_client();
-        let start: Vec<u8> = match start_after {
-            // The smallest key after `s`: `s` + NUL.
+        // The smallest key after `s` is `s` + NUL.
+        let mut start: Vec<u8> = match start_after {
             Some(s) if s >= prefix => {
                 let mut k = s.as_bytes().to_vec();
                 k.push(0);
@@ -188,23 +191,42 @@ impl Store for EtcdStore {
             }
             _ => prefix.as_bytes().to_vec(),
         };
-        let mut opts = GetOptions::new().with_range(prefix_end(prefix));
-        if limit > 0 {
-            opts = opts.with_limit(limit as i64);
+        // etcd answers in gRPC messages of at most 4 MiB: read in chunks, all at one revision.
+        let mut at = revision;
+        let mut items = Vec::new();
+        loop {
+            let want = if limit == 0 {
+                LIST_CHUNK
+            } else {
+                (limit - items.len()).min(LIST_CHUNK)
+            };
+            let mut opts = GetOptions::new()
+                .with_range(prefix_end(prefix))
+                .with_limit(want as i64);
+            if let Some(r) = at {
+                opts = opts.with_revision(r);
+            }
+            let r = kv
+                .get(start.clone(), Some(opts))
+                .await
+                .map_err(|e| compacted_or_backend(e, at.unwrap_or(0)))?;
+            let header_rev = r.header().map(|h| h.revision()).unwrap_or(0);
+            let at_rev = *at.get_or_insert(header_rev);
+            items.extend(r.kvs().iter().map(kv_of));
+            let more = r.more();
+            let done = !more || (limit > 0 && items.len() >= limit);
+            if done {
+                return Ok(ListPage {
+                    items,
+                    revision: at_rev,
+                    more,
+                });
+            }
+            if let Some(last) = items.last() {
+                start = last.key.as_bytes().to_vec();
+                start.push(0);
+            }
         }
-        if let Some(r) = revision {
-            opts = opts.with_revision(r);
-        }
-        let r = kv
-            .get(start, Some(opts))
-            .await
-            .map_err(|e| compacted_or_backend(e, revision.unwrap_or(0)))?;
-        Ok(ListPage {
-            items: r.kvs().iter().map(kv_of).collect(),
-            revision: r.header().map(|h| h.revision()).unwrap_or(0),
-            more: r.more(),
-        }
-        .at(revision))
     }
 
     async fn watch(&self, prefix: &str, after: i64) -> Result<EventStream, StoreError> {
@@ -267,19 +289,5 @@ impl Store for EtcdStore {
         let mut kv = self.client.kv_client();
         kv.compact(revision, None).await.map_err(backend)?;
         Ok(())
-    }
-}
-
-trait AtRevision {
-    fn at(self, revision: Option<i64>) -> Self;
-}
-
-impl AtRevision for ListPage {
-    /// A read at an explicit revision reports that revision (etcd's header has the current one).
-    fn at(mut self, revision: Option<i64>) -> Self {
-        if let Some(r) = revision {
-            self.revision = r;
-        }
-        self
     }
 }
