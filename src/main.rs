@@ -160,6 +160,10 @@ enum Command {
         /// Extra host names or IP addresses for the serving certificate.
         #[arg(long)]
         tls_san: Vec<String>,
+        /// With etcd: the cluster token of the first master, so this one shares its CA, tokens
+        /// and encryption key (default: `<data-dir>/cluster-token`, made on first start).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// A pod's sandbox process: holds its namespaces until stopped.
     #[command(hide = true)]
@@ -335,11 +339,13 @@ fn main() -> ExitCode {
             listen,
             etcd_endpoints,
             tls_san,
+            token,
         } => run_master(podlet_master::serve::MasterConfig {
             data_dir: data_dir.clone(),
             listen: *listen,
             etcd: etcd_endpoints.clone(),
             tls_san: tls_san.clone(),
+            token: token.clone(),
         }),
         Command::Rm { force, names } => run_cli::rm(
             &cli.root,

@@ -4,6 +4,7 @@
 //! list/watch filtering, Services and ReplicaSets.
 
 pub mod api;
+pub mod bootstrap;
 pub mod resources;
 pub mod selector;
 pub mod serve;

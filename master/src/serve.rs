@@ -33,6 +33,8 @@ pub struct MasterConfig {
     pub etcd: Vec<String>,
     /// Extra names/addresses for the serving certificate.
     pub tls_san: Vec<String>,
+    /// The cluster token that opens the shared identity in etcd (None: this master's own).
+    pub token: Option<String>,
 }
 
 /// Why the master could not start.
@@ -44,6 +46,9 @@ pub enum MasterError {
     /// The store.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The shared identity in etcd.
+    #[error(transparent)]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
     /// Binding or serving.
     #[error("{0}")]
     Io(String),
@@ -89,11 +94,25 @@ pub async fn serve(
     let url = format!("https://{host}:{}", addr.port());
     let mut sans = cfg.tls_san.clone();
     sans.push(host.clone());
-    let security = Security::load_or_create(&cfg.data_dir, &sans, &url)?;
     let store: Arc<dyn Store> = if cfg.etcd.is_empty() {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| MasterError::Io(format!("{}: {e}", cfg.data_dir.display())))?;
         Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db"))?)
     } else {
         Arc::new(EtcdStore::connect(&cfg.etcd).await?)
+    };
+    let security = if cfg.etcd.is_empty() {
+        Security::load_or_create(&cfg.data_dir, &sans, &url)?
+    } else {
+        // Masters sharing an etcd share one CA, token table and encryption key.
+        let token = crate::bootstrap::cluster_token(&cfg.data_dir, cfg.token.as_deref())?;
+        let adopted = crate::bootstrap::adopt(store.as_ref(), &cfg.data_dir, &token).await?;
+        let sec = Security::load_or_create(&cfg.data_dir, &sans, &url)?;
+        if adopted || crate::bootstrap::publish(store.as_ref(), &cfg.data_dir, &token).await? {
+            sec
+        } else {
+            Security::load_or_create(&cfg.data_dir, &sans, &url)?
+        }
     };
     let codec = Codec::new(Some(security.encryption_key));
     ensure_namespaces(store.as_ref(), &codec).await?;

@@ -467,3 +467,223 @@ proptest! {
         })?;
     }
 }
+
+async fn owner(a: &Api, name: &str) -> String {
+    let (_, v) = a
+        .admin(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            json!({"metadata": {"name": name}}),
+        )
+        .await;
+    v["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+async fn wait_gone(a: &Api, path: &str) -> bool {
+    for _ in 0..200 {
+        if a.admin("GET", path, Value::Null).await.0 == StatusCode::NOT_FOUND {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizers_and_owner_references_govern_deletion() {
+    let a = api().await;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    // A finalizer keeps the object, marked, until it is removed.
+    let (code, _) = a
+        .admin(
+            "POST",
+            cms,
+            json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, v) = a.admin("DELETE", &format!("{cms}/held"), Value::Null).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+    let (code, v) = a.admin("GET", &format!("{cms}/held"), Value::Null).await;
+    assert_eq!(code, StatusCode::OK, "still there: {v}");
+    let (code, v) = a
+        .call(
+            "PATCH",
+            &format!("{cms}/held"),
+            Some(&a.sec.admin_token),
+            "application/merge-patch+json",
+            br#"{"metadata":{"finalizers":null}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(
+        wait_gone(&a, &format!("{cms}/held")).await,
+        "removing the last finalizer deletes it"
+    );
+
+    // Owner references: Background deletes dependents after the owner, Orphan keeps them.
+    let dep = |name: &str, uid: &str| json!({"metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": uid}]}});
+    let uid = owner(&a, "bg-owner").await;
+    a.admin("POST", cms, dep("bg-child", &uid)).await;
+    a.admin(
+        "DELETE",
+        &format!("{cms}/bg-owner"),
+        json!({"propagationPolicy": "Background"}),
+    )
+    .await;
+    assert!(
+        wait_gone(&a, &format!("{cms}/bg-child")).await,
+        "background deletion removes dependents"
+    );
+    let uid = owner(&a, "fg-owner").await;
+    a.admin("POST", cms, dep("fg-child", &uid)).await;
+    let (code, _) = a
+        .admin(
+            "DELETE",
+            &format!("{cms}/fg-owner"),
+            json!({"propagationPolicy": "Foreground"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        a.admin("GET", &format!("{cms}/fg-child"), Value::Null)
+            .await
+            .0,
+        StatusCode::NOT_FOUND,
+        "foreground: dependents first"
+    );
+    let uid = owner(&a, "or-owner").await;
+    a.admin("POST", cms, dep("or-child", &uid)).await;
+    a.admin(
+        "DELETE",
+        &format!("{cms}/or-owner"),
+        json!({"propagationPolicy": "Orphan"}),
+    )
+    .await;
+    let (code, v) = a
+        .admin("GET", &format!("{cms}/or-child"), Value::Null)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        v["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|r| r.is_empty()),
+        "{v}"
+    );
+    let (code, v) = a
+        .admin(
+            "DELETE",
+            &format!("{cms}/or-child"),
+            json!({"propagationPolicy": "Sideways"}),
+        )
+        .await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BadRequest"))
+    );
+    // Preconditions.
+    let (code, _) = a
+        .admin(
+            "DELETE",
+            &format!("{cms}/or-child"),
+            json!({"preconditions": {"uid": "not-it"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+
+    // generateName.
+    let (code, v) = a
+        .admin("POST", cms, json!({"metadata": {"generateName": "gen-"}}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let name = v["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+
+    // Deleting a namespace deletes what is in it, then the namespace.
+    a.admin(
+        "POST",
+        "/api/v1/namespaces",
+        json!({"metadata": {"name": "scratch"}}),
+    )
+    .await;
+    a.admin(
+        "POST",
+        "/api/v1/namespaces/scratch/configmaps",
+        json!({"metadata": {"name": "inside"}}),
+    )
+    .await;
+    let (_, v) = a
+        .admin("DELETE", "/api/v1/namespaces/scratch", Value::Null)
+        .await;
+    assert_eq!(v["status"]["phase"], "Terminating");
+    assert!(wait_gone(&a, "/api/v1/namespaces/scratch").await);
+    assert_eq!(
+        a.admin(
+            "GET",
+            "/api/v1/namespaces/scratch/configmaps/inside",
+            Value::Null
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    let (code, v) = a
+        .admin(
+            "POST",
+            "/api/v1/namespaces/scratch/configmaps",
+            json!({"metadata": {"name": "late"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_watchers_share_one_store_watch() {
+    let a = api().await;
+    let (_, list) = a
+        .admin("GET", "/api/v1/namespaces/default/configmaps", Value::Null)
+        .await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bodies = Vec::new();
+    for _ in 0..1000 {
+        let req = Request::builder()
+            .uri(format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=20"))
+            .header("authorization", format!("Bearer {}", a.sec.admin_token))
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(a.state.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        bodies.push(resp.into_body());
+    }
+    a.admin(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        json!({"metadata": {"name": "fanout"}}),
+    )
+    .await;
+    let mut got = 0;
+    for body in bodies {
+        use http_body_util::BodyExt;
+        let mut body = body;
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let line = String::from_utf8_lossy(frame.data_ref().unwrap()).to_string();
+        let ev: Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(
+            (
+                ev["type"].as_str(),
+                ev["object"]["metadata"]["name"].as_str()
+            ),
+            (Some("ADDED"), Some("fanout"))
+        );
+        got += 1;
+    }
+    assert_eq!(got, 1000);
+}

@@ -431,10 +431,12 @@ fn kubectl_against_a_master_on_etcd() {
         .contains("deployment.apps/web unchanged"));
     k.ok(&["scale", "deploy", "web", "--replicas=4"]);
     assert_eq!(k.json(&["get", "deploy", "web"])["spec"]["replicas"], 4);
-    // A second master on the same etcd sees the same objects.
+    // A second master on the same etcd, given the first one's cluster token, shares its CA,
+    // tokens and Secret key: it serves the same objects, Secrets included.
+    let token = std::fs::read_to_string(master.data.join("cluster-token")).unwrap();
     let other = Master::start(
         &dir.path().join("master2"),
-        &["--etcd-endpoints", &etcd.endpoint],
+        &["--etcd-endpoints", &etcd.endpoint, "--token", token.trim()],
     );
     let k2 = Kubectl {
         master: &other,
@@ -443,6 +445,30 @@ fn kubectl_against_a_master_on_etcd() {
     assert!(k2
         .ok(&["get", "deploy", "web", "-o", "name"])
         .contains("deployment.apps/web"));
+    assert_eq!(
+        k2.json(&["get", "secret", "creds"])["data"]["password"],
+        "aHVudGVyMg=="
+    );
+    assert_eq!(
+        std::fs::read(master.data.join("ca.crt")).unwrap(),
+        std::fs::read(other.data.join("ca.crt")).unwrap()
+    );
     k.ok(&["delete", "-f", app]);
     assert_eq!(k2.ok(&["get", "deploy", "-o", "name"]).trim(), "");
+    // The wrong token cannot join this cluster.
+    let out = Command::new(env!("CARGO_BIN_EXE_podlet"))
+        .args([
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+        ])
+        .args(["--token", "wrong", "--data-dir"])
+        .arg(dir.path().join("master3"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster token does not open"), "{err}");
 }

@@ -88,39 +88,66 @@ struct TokenFile {
     tokens: BTreeMap<String, Identity>,
 }
 
-/// Bearer-token authentication.
-#[derive(Debug, Clone)]
+/// Bearer-token authentication: the admin and join tokens from the token table, and node
+/// tokens `pn1.<node>.<hmac>` that any master holding the cluster's node-token key can verify
+/// without a shared table.
+#[derive(Clone)]
 pub struct Tokens {
-    path: PathBuf,
     table: Arc<RwLock<TokenFile>>,
+    node_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").finish_non_exhaustive()
+    }
+}
+
+/// The prefix of node tokens.
+const NODE_TOKEN: &str = "pn1.";
+
+fn hmac_hex(key: &[u8; 32], msg: &str) -> String {
+    use hmac::Mac;
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    m.update(msg.as_bytes());
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Tokens {
     /// Who holds `token`.
     pub fn identify(&self, token: &str) -> Option<Identity> {
+        if let Some(rest) = token.strip_prefix(NODE_TOKEN) {
+            let (node, mac) = rest.rsplit_once('.')?;
+            let want = hmac_hex(&self.node_key, node);
+            // Constant time: compare every byte.
+            let same = want.len() == mac.len()
+                && want
+                    .bytes()
+                    .zip(mac.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            return same.then(|| Identity::Node {
+                node: node.to_string(),
+            });
+        }
         self.table.read().ok()?.tokens.get(token).cloned()
     }
 
-    /// Mints (or returns the existing) token of node `node`.
+    /// The token of node `node`.
     pub fn node_token(&self, node: &str) -> Result<String, AuthError> {
-        let mut t = self
-            .table
-            .write()
-            .map_err(|_| AuthError::Invalid("token table lock".into()))?;
-        let want = Identity::Node {
-            node: node.to_string(),
-        };
-        if let Some((k, _)) = t.tokens.iter().find(|(_, v)| **v == want) {
-            return Ok(k.clone());
-        }
-        let token = random_token();
-        t.tokens.insert(token.clone(), want);
-        let bytes =
-            serde_json::to_vec_pretty(&*t).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        write_private(&self.path, &bytes)?;
-        Ok(token)
+        Ok(format!(
+            "{NODE_TOKEN}{node}.{}",
+            hmac_hex(&self.node_key, node)
+        ))
     }
 }
+
+/// The files several masters on one etcd must share (the cluster's identity).
+pub const SHARED_FILES: &[&str] = &["ca.key", "ca.crt", "tokens.json", "encryption.key"];
 
 /// Everything `podlet master` generates on first start.
 #[derive(Debug, Clone)]
@@ -309,8 +336,14 @@ impl Security {
             join_token,
             encryption_key,
             tokens: Tokens {
-                path: tokens_path,
                 table: Arc::new(RwLock::new(table)),
+                node_key: {
+                    use sha2::Digest;
+                    let mut h = sha2::Sha256::new();
+                    h.update(b"podlet node tokens");
+                    h.update(encryption_key);
+                    h.finalize().into()
+                },
             },
             kubeconfig,
         })
