@@ -339,6 +339,71 @@ fn kubectl_drives_the_api() {
     let out = k.err(&["apply", "-f", bad.to_str().unwrap()]);
     assert!(out.contains("namespaces \"no-such-ns\" not found"), "{out}");
 
+    // The generators (typed clients: protobuf request bodies since kubectl 1.32).
+    k.ok(&["create", "namespace", "gen"]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "c1",
+        "--from-literal=a=b",
+        "-n",
+        "gen",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "--from-literal=p=q",
+        "-n",
+        "gen",
+    ]);
+    k.ok(&[
+        "create",
+        "deployment",
+        "d1",
+        "--image=nginx:1.27",
+        "--replicas=3",
+        "--port=80",
+        "-n",
+        "gen",
+    ]);
+    k.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=80:8080",
+        "-n",
+        "gen",
+    ]);
+    k.ok(&["create", "serviceaccount", "robot", "-n", "gen"]);
+    k.ok(&[
+        "run",
+        "p1",
+        "--image=busybox",
+        "-n",
+        "gen",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    assert_eq!(k.json(&["get", "cm", "c1", "-n", "gen"])["data"]["a"], "b");
+    assert_eq!(
+        k.json(&["get", "secret", "s1", "-n", "gen"])["data"]["p"],
+        "cQ=="
+    );
+    let d = k.json(&["get", "deploy", "d1", "-n", "gen"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        80
+    );
+    let np = k.json(&["get", "svc", "np", "-n", "gen"]);
+    let port = np["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&port), "{np}");
+    k.ok(&["delete", "namespace", "gen"]);
+
     // delete removes them all.
     let out = k.ok(&["delete", "-f", app]);
     assert!(out.contains("deployment.apps \"web\" deleted"), "{out}");

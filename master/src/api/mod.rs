@@ -10,6 +10,7 @@ pub mod filter;
 pub mod gc;
 pub mod objects;
 pub mod patch;
+pub mod protobuf;
 pub mod resource;
 pub mod server;
 pub mod status;

@@ -100,9 +100,13 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
         .get("content-type")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("application/json");
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    if ct.contains("protobuf") {
+        return super::protobuf::decode(body)
+            .map_err(|e| ApiError::UnsupportedMediaType(e.to_string()));
+    }
+    if ct.contains("cbor") {
         return Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct})"
         )));
     }
     if ct.contains("yaml") {
@@ -520,6 +524,58 @@ async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiErr
     ))
 }
 
+/// Gives each port of a NodePort/LoadBalancer Service without one a free node port
+/// (30000–32767); a requested port already in use is refused.
+async fn allocate_node_ports(st: &AppState, svc: &mut Value) -> Result<(), ApiError> {
+    let r = resources::find("", "v1", "services").expect("services");
+    let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let page = st
+        .store
+        .list(&r.prefix(), None, 0, None)
+        .await
+        .map_err(|e| ApiError::from_store(r, &name, e))?;
+    let mut used = std::collections::HashSet::new();
+    for kv in &page.items {
+        if let Ok(o) = st.codec.decode(kv) {
+            for p in o["spec"]["ports"].as_array().into_iter().flatten() {
+                if let Some(n) = p["nodePort"].as_i64() {
+                    used.insert(n);
+                }
+            }
+        }
+    }
+    let Some(ports) = svc["spec"]["ports"].as_array_mut() else {
+        return Ok(());
+    };
+    for (i, p) in ports.iter_mut().enumerate() {
+        match p["nodePort"].as_i64() {
+            Some(n) if !(30000..=32767).contains(&n) => {
+                return Err(ApiError::invalid(r, &name, vec![super::status::Cause::invalid(format!("spec.ports[{i}].nodePort"), n, "provided port is not in the valid range. The range of valid ports is 30000-32767")]));
+            }
+            Some(n) if !used.insert(n) => {
+                return Err(ApiError::invalid(
+                    r,
+                    &name,
+                    vec![super::status::Cause::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        n,
+                        "provided port is already allocated",
+                    )],
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let free = (30000..=32767)
+                    .find(|n| !used.contains(n))
+                    .ok_or_else(|| ApiError::Internal("no node port left".into()))?;
+                used.insert(free);
+                p["nodePort"] = json!(free);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Admission and storage of a new object.
 pub async fn create(
     st: &AppState,
@@ -607,6 +663,14 @@ pub async fn create(
         let ip = allocate_cluster_ip(st, obj["metadata"]["name"].as_str().unwrap_or("")).await?;
         obj["spec"]["clusterIP"] = json!(ip);
         obj["spec"]["clusterIPs"] = json!([ip]);
+    }
+    if r.kind == "Service"
+        && matches!(
+            obj["spec"]["type"].as_str(),
+            Some("NodePort" | "LoadBalancer")
+        )
+    {
+        allocate_node_ports(st, &mut obj).await?;
     }
     if obj["metadata"]["managedFields"].is_null() {
         patch::record_update(&mut obj, None, manager, &r.api_version(), &now);
