@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod controllers;
 pub mod resources;
 pub mod selector;
 pub mod serve;

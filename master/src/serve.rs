@@ -137,6 +137,17 @@ pub async fn serve(
         tokens: Some(security.tokens.clone()),
         address: format!("{host}:{}", addr.port()),
     });
+    let identity = format!(
+        "{}-{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim(),
+        crate::api::objects::new_uid()
+    );
+    tokio::spawn(crate::controllers::leader::run(
+        crate::controllers::Ctx { st: state.clone() },
+        identity,
+    ));
     let tls =
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(security.server_config()?));
     let handle = axum_server::Handle::new();

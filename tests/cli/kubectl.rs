@@ -127,7 +127,9 @@ fn kubectl_drives_the_api() {
     ] {
         assert!(out.contains(line), "{out}");
     }
-    let rv1 = k.json(&["get", "deploy", "web"])["metadata"]["resourceVersion"].clone();
+    // (The controllers write status; the objects themselves are what must not change.)
+    let cm_rv = k.json(&["get", "cm", "settings"])["metadata"]["resourceVersion"].clone();
+    let gen1 = k.json(&["get", "deploy", "web"])["metadata"]["generation"].clone();
     let out = k.ok(&["apply", "-f", app]);
     assert!(
         out.contains("deployment.apps/web unchanged")
@@ -135,8 +137,12 @@ fn kubectl_drives_the_api() {
         "{out}"
     );
     assert_eq!(
-        k.json(&["get", "deploy", "web"])["metadata"]["resourceVersion"],
-        rv1
+        k.json(&["get", "deploy", "web"])["metadata"]["generation"],
+        gen1
+    );
+    assert_eq!(
+        k.json(&["get", "cm", "settings"])["metadata"]["resourceVersion"],
+        cm_rv
     );
 
     // Tables with the usual columns; -o wide adds the priority-1 ones.

@@ -1,0 +1,461 @@
+//! Scheduler and controllers against the real `podlet master`, with simulated nodes: a harness
+//! task per node registers its Node, renews its Lease every second and moves the pods bound to
+//! it to Running and Ready (with an IP) — no mocked store, no mocked API. Stopping a harness is
+//! a node failure.
+
+#[path = "master_env.rs"]
+mod master_env;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use master_env::Master;
+use serde_json::json;
+
+async fn client(m: &Master) -> Client {
+    let kc = Kubeconfig::read_from(m.kubeconfig()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(cfg).unwrap()
+}
+
+fn micro_now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
+}
+
+/// A simulated node: registers, renews its Lease, runs (pretends to) the pods bound to it.
+fn sim_node(c: Client, name: String, index: u8) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let nodes: Api<Node> = Api::all(c.clone());
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                       "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                       "addresses": [{"type": "InternalIP", "address": format!("10.213.0.{}", index + 1)}]}
+        })).unwrap();
+        if nodes.create(&PostParams::default(), &node).await.is_err() {
+            let _ = nodes
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": node.status})),
+                )
+                .await;
+        }
+        let leases: Api<Lease> = Api::namespaced(c.clone(), "kube-node-lease");
+        let pods: Api<Pod> = Api::all(c.clone());
+        let mut next_ip = 2u32;
+        let mut ips: HashMap<String, String> = HashMap::new();
+        loop {
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name},
+                               "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": micro_now()}});
+            let _ = leases
+                .patch(
+                    &name,
+                    &PatchParams::apply("sim-node").force(),
+                    &Patch::Apply(&lease),
+                )
+                .await;
+            let mine = pods
+                .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            for p in mine {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if ready {
+                    continue;
+                }
+                let pname = p.metadata.name.clone().unwrap();
+                let ns = p.metadata.namespace.clone().unwrap();
+                let ip = ips
+                    .entry(format!("{ns}/{pname}"))
+                    .or_insert_with(|| {
+                        next_ip += 1;
+                        format!("10.244.{index}.{}", next_ip)
+                    })
+                    .clone();
+                let status = json!({"status": {"phase": "Running", "podIP": ip, "hostIP": format!("10.213.0.{}", index + 1),
+                    "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {}}}]}});
+                let api: Api<Pod> = Api::namespaced(c.clone(), &ns);
+                let _ = api
+                    .patch_status(&pname, &PatchParams::default(), &Patch::Merge(status))
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+/// Starts `n` simulated nodes and waits until the API has them all.
+async fn nodes(c: &Client, n: u8) -> Vec<tokio::task::JoinHandle<()>> {
+    let sims: Vec<_> = (0..n)
+        .map(|i| sim_node(c.clone(), format!("node-{i}"), i))
+        .collect();
+    let api: Api<Node> = Api::all(c.clone());
+    wait_until("the nodes to register", Duration::from_secs(20), || async {
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items.len() == n as usize)
+            .unwrap_or(false)
+    })
+    .await;
+    sims
+}
+
+fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": image,
+                                       "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}}
+    })).unwrap()
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn image(p: &Pod) -> String {
+    p.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+async fn running_pods(pods: &Api<Pod>, app: &str) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(ready)
+        .collect()
+}
+
+fn kubectl(m: &Master, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("kubectl")
+        .env("KUBECONFIG", m.kubeconfig())
+        .env("HOME", dir)
+        .args(args)
+        .output()
+        .expect("kubectl installed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_spread_roll_out_within_bounds_and_undo() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Master::start(&dir.path().join("m"), &[]);
+    let c = client(&m).await;
+    let sims = nodes(&c, 3).await;
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    deps.create(&PostParams::default(), &deployment("web", 10, "web:1"))
+        .await
+        .unwrap();
+    wait_until("10 running pods", Duration::from_secs(60), || async {
+        running_pods(&pods, "web").await.len() == 10
+    })
+    .await;
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for p in running_pods(&pods, "web").await {
+        *per_node
+            .entry(p.spec.unwrap().node_name.unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(
+        per_node.values().all(|n| (3..=4).contains(n)),
+        "spread: {per_node:?}"
+    );
+
+    // Roll out a new image, checking maxSurge (3) and maxUnavailable (2) on every pod event.
+    let rv = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let state: Arc<Mutex<HashMap<String, bool>>> = Arc::new(Mutex::new(
+        pods.list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|p| (p.metadata.name.clone().unwrap(), ready(p)))
+            .collect(),
+    ));
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (st, vi, pw) = (state.clone(), violations.clone(), pods.clone());
+    let checker = tokio::spawn(async move {
+        let mut s = pw
+            .watch(&WatchParams::default().labels("app=web").timeout(120), &rv)
+            .await
+            .unwrap()
+            .boxed();
+        while let Some(Ok(ev)) = s.next().await {
+            let mut st = st.lock().unwrap();
+            match ev {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                    st.insert(p.metadata.name.clone().unwrap(), ready(&p));
+                }
+                WatchEvent::Deleted(p) => {
+                    st.remove(&p.metadata.name.clone().unwrap());
+                }
+                _ => continue,
+            }
+            let total = st.len();
+            let ready_count = st.values().filter(|r| **r).count();
+            if total > 13 || ready_count < 8 {
+                vi.lock()
+                    .unwrap()
+                    .push(format!("{total} pods, {ready_count} ready"));
+            }
+        }
+    });
+    deps.patch("web", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "web:2"}]}}}}))).await.unwrap();
+    wait_until("the rollout to web:2", Duration::from_secs(90), || async {
+        let all = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items;
+        all.len() == 10 && all.iter().all(|p| image(p) == "web:2" && ready(p))
+    })
+    .await;
+    let out = kubectl(
+        &m,
+        dir.path(),
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    checker.abort();
+    let v = violations.lock().unwrap().clone();
+    assert!(v.is_empty(), "rollout bounds broken: {v:?}");
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    assert_eq!(
+        rss.list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+
+    // kubectl rollout history / undo returns to the previous template.
+    let out = kubectl(&m, dir.path(), &["rollout", "history", "deployment/web"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains('1') && text.contains('2'),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(&m, dir.path(), &["rollout", "undo", "deployment/web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the undo to web:1", Duration::from_secs(90), || async {
+        let all = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items;
+        all.len() == 10 && all.iter().all(|p| image(p) == "web:1" && ready(p))
+    })
+    .await;
+    let out = kubectl(&m, dir.path(), &["scale", "deployment/web", "--replicas=4"]);
+    assert!(out.status.success());
+    wait_until("4 pods", Duration::from_secs(60), || async {
+        pods.list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items
+            .len()
+            == 4
+    })
+    .await;
+
+    // Endpoints follow the ready pods of a Service.
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+    )
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let eps: Api<Endpoints> = Api::namespaced(c.clone(), "default");
+    wait_until("4 endpoint addresses", Duration::from_secs(30), || async {
+        eps.get("web")
+            .await
+            .ok()
+            .and_then(|e| e.subsets)
+            .and_then(|s| s.first().cloned())
+            .and_then(|s| s.addresses)
+            .map(|a| a.len())
+            == Some(4)
+    })
+    .await;
+
+    // Deleting the Deployment deletes its ReplicaSets and pods.
+    deps.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_until(
+        "no replica sets or pods",
+        Duration::from_secs(30),
+        || async {
+            rss.list(&ListParams::default().labels("app=web"))
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+                && pods
+                    .list(&ListParams::default().labels("app=web"))
+                    .await
+                    .unwrap()
+                    .items
+                    .is_empty()
+        },
+    )
+    .await;
+    for s in sims {
+        s.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_has_its_pods_recreated_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Master::start(&dir.path().join("m"), &[]);
+    let c = client(&m).await;
+    let mut sims = nodes(&c, 3).await;
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    deps.create(&PostParams::default(), &deployment("app", 6, "app:1"))
+        .await
+        .unwrap();
+    wait_until("6 running pods", Duration::from_secs(60), || async {
+        running_pods(&pods, "app").await.len() == 6
+    })
+    .await;
+    let on_lost = running_pods(&pods, "app")
+        .await
+        .iter()
+        .filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-2"))
+        .count();
+    assert!(on_lost > 0);
+    // node-2 stops renewing its Lease.
+    sims.pop().unwrap().abort();
+    let lost_at = Instant::now();
+    wait_until(
+        "6 running pods on the surviving nodes",
+        Duration::from_secs(45),
+        || async {
+            let run = running_pods(&pods, "app").await;
+            run.len() == 6
+                && run
+                    .iter()
+                    .all(|p| p.spec.as_ref().unwrap().node_name.as_deref() != Some("node-2"))
+        },
+    )
+    .await;
+    let took = lost_at.elapsed();
+    assert!(took < Duration::from_secs(30), "failover took {took:?}");
+    let node: Node = Api::all(c.clone()).get("node-2").await.unwrap();
+    let taints = node.spec.unwrap().taints.unwrap_or_default();
+    assert!(taints
+        .iter()
+        .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"));
+    let cond = node
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(cond.status, "Unknown");
+    for s in sims {
+        s.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unschedulable_pod_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Master::start(&dir.path().join("m"), &[]);
+    let c = client(&m).await;
+    let sims = nodes(&c, 3).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let huge: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"},
+        "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "100"}}}]}})).unwrap();
+    pods.create(&PostParams::default(), &huge).await.unwrap();
+    wait_until("PodScheduled=False", Duration::from_secs(30), || async {
+        let p = pods.get("huge").await.unwrap();
+        p.status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+                    && c.message.as_deref() == Some("0/3 nodes are available: 3 Insufficient cpu.")
+            })
+    })
+    .await;
+    for s in sims {
+        s.abort();
+    }
+}
