@@ -38,6 +38,16 @@ fn micro_now() -> String {
 
 /// A simulated node: registers, renews its Lease, runs (pretends to) the pods bound to it.
 fn sim_node(c: Client, name: String, index: u8) -> tokio::task::JoinHandle<()> {
+    sim_node_with_load(c, name, index, Arc::default())
+}
+
+/// A simulated node that also reports `load` (a CPU quantity) as every pod's CPU usage.
+fn sim_node_with_load(
+    c: Client,
+    name: String,
+    index: u8,
+    load: Arc<Mutex<Option<String>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let nodes: Api<Node> = Api::all(c.clone());
         let node: Node = serde_json::from_value(json!({
@@ -76,7 +86,24 @@ fn sim_node(c: Client, name: String, index: u8) -> tokio::task::JoinHandle<()> {
                 .await
                 .map(|l| l.items)
                 .unwrap_or_default();
+            let report = load.lock().unwrap().clone();
             for p in mine {
+                if let Some(cpu) = &report {
+                    let have = p
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("metrics.podlet.io/cpu-usage"))
+                        .cloned();
+                    if have.as_deref() != Some(cpu.as_str()) {
+                        let api: Api<Pod> = Api::namespaced(
+                            c.clone(),
+                            p.metadata.namespace.as_deref().unwrap_or("default"),
+                        );
+                        let _ = api.patch(p.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(),
+                            &Patch::Merge(json!({"metadata": {"annotations": {"metrics.podlet.io/cpu-usage": cpu}}}))).await;
+                    }
+                }
                 let ready = p
                     .status
                     .as_ref()
@@ -455,6 +482,63 @@ async fn an_unschedulable_pod_says_why() {
             })
     })
     .await;
+    for s in sims {
+        s.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaler_scales_up_on_cpu_and_back_down_after_the_window() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Master::start(&dir.path().join("m"), &[]);
+    let c = client(&m).await;
+    let load: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(Some("100m".into())));
+    let sims: Vec<_> = (0..3)
+        .map(|i| sim_node_with_load(c.clone(), format!("node-{i}"), i, load.clone()))
+        .collect();
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    deps.create(&PostParams::default(), &deployment("busy", 2, "busy:1"))
+        .await
+        .unwrap();
+    wait_until("2 running pods", Duration::from_secs(60), || async {
+        running_pods(&pods, "busy").await.len() == 2
+    })
+    .await;
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "busy"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "busy"},
+                 "minReplicas": 2, "maxReplicas": 7,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}],
+                 "behavior": {"scaleDown": {"stabilizationWindowSeconds": 6}}}
+    })).unwrap();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), "default");
+    hpas.create(&PostParams::default(), &hpa).await.unwrap();
+    // 100m used of 100m requested: 200% of the 50% target → 2 × 4 = 8, capped at 7.
+    *load.lock().unwrap() = Some("100m".into());
+    wait_until("7 replicas", Duration::from_secs(60), || async {
+        deps.get("busy").await.unwrap().spec.replicas == Some(7)
+    })
+    .await;
+    wait_until("7 running pods", Duration::from_secs(60), || async {
+        running_pods(&pods, "busy").await.len() == 7
+    })
+    .await;
+    let status = hpas.get("busy").await.unwrap().status.unwrap();
+    assert_eq!(status.desired_replicas, 7);
+    // Idle: 5% → down to the minimum, but not before the stabilization window has passed.
+    *load.lock().unwrap() = Some("5m".into());
+    let idle_at = Instant::now();
+    wait_until("2 replicas", Duration::from_secs(60), || async {
+        deps.get("busy").await.unwrap().spec.replicas == Some(2)
+    })
+    .await;
+    assert!(
+        idle_at.elapsed() >= Duration::from_secs(5),
+        "scaled down after {:?}, inside the 6 s window",
+        idle_at.elapsed()
+    );
     for s in sims {
         s.abort();
     }

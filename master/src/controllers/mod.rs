@@ -5,6 +5,7 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod hpa;
 pub mod leader;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -370,7 +371,9 @@ pub async fn run_all(ctx: Ctx) -> Vec<tokio::task::JoinHandle<()>> {
     let deps = ctx.informer(res("Deployment")).await;
     let svcs = ctx.informer(res("Service")).await;
     let leases = ctx.informer(res("Lease")).await;
+    let hpas = ctx.informer(res("HorizontalPodAutoscaler")).await;
     vec![
+        tokio::spawn(hpa::run(ctx.clone(), hpas, deps.clone(), pods.clone())),
         tokio::spawn(scheduler::run(ctx.clone(), pods.clone(), nodes.clone())),
         tokio::spawn(replicaset::run(ctx.clone(), rss.clone(), pods.clone())),
         tokio::spawn(deployment::run(ctx.clone(), deps, rss, pods.clone())),
