@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api conformance
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api bench-scheduler conformance
 
 all: build
 
@@ -59,6 +59,10 @@ bench-cni: release
 # podlet master under load on SQLite and etcd (results: docs/benchmarks.md).
 bench-api:
 	$(CARGO) bench --bench api
+
+# The scheduler: 10,000 pods onto 1,000 simulated nodes (results: docs/benchmarks.md).
+bench-scheduler:
+	$(CARGO) bench --bench scheduler
 
 # The OCI runtime-tools validation suite; RUNTIME_TOOLS=checkout built with Go (docs/conformance.md).
 conformance: build
