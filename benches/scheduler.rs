@@ -25,12 +25,16 @@ const PODS: usize = 10_000;
 
 async fn client(m: &Master) -> Client {
     let kc = Kubeconfig::read_from(m.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     Client::try_from(cfg).unwrap()
 }
 
 fn micro_now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
 }
 
 async fn renew_leases(c: Client) {
@@ -60,7 +64,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
     rt.block_on(async {

@@ -9,6 +9,7 @@ use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::kernel_check;
 
 mod image_cli;
+mod kube_cli;
 mod monitor;
 mod pod_cli;
 mod pod_manifest;
@@ -165,6 +166,71 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Apply manifests to the cluster (server-side apply), like `kubectl apply -f`.
+    Apply {
+        #[command(flatten)]
+        cluster: kube_cli::ClusterArgs,
+        /// Manifest file (YAML or JSON, several documents allowed; `-` for stdin).
+        #[arg(long = "filename", short = 'f')]
+        file: PathBuf,
+    },
+    /// List or show cluster objects, like `kubectl get`.
+    Get {
+        #[command(flatten)]
+        cluster: kube_cli::ClusterArgs,
+        /// Kind (pods, deploy, svc, nodes, …).
+        kind: String,
+        /// One object.
+        name: Option<String>,
+        /// All namespaces.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        /// Label selector.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+        /// Output: table, wide, json, yaml or name.
+        #[arg(long, short = 'o', default_value = "table")]
+        output: String,
+    },
+    /// Describe a cluster object, like `kubectl describe`.
+    Describe {
+        #[command(flatten)]
+        cluster: kube_cli::ClusterArgs,
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+    },
+    /// Delete cluster objects, like `kubectl delete`.
+    Delete {
+        #[command(flatten)]
+        cluster: kube_cli::ClusterArgs,
+        /// Manifest file naming what to delete.
+        #[arg(long = "filename", short = 'f')]
+        file: Option<PathBuf>,
+        /// Kind, then names.
+        #[arg(required_unless_present = "file")]
+        kind: Option<String>,
+        /// Names.
+        names: Vec<String>,
+    },
+    /// Scale a Deployment or ReplicaSet, like `kubectl scale`.
+    Scale {
+        #[command(flatten)]
+        cluster: kube_cli::ClusterArgs,
+        /// KIND/NAME.
+        target: String,
+        /// The new replica count.
+        #[arg(long)]
+        replicas: i32,
+    },
+    /// Manage Deployment rollouts, like `kubectl rollout`.
+    Rollout {
+        #[command(flatten)]
+        cluster: kube_cli::ClusterArgs,
+        #[command(subcommand)]
+        cmd: kube_cli::RolloutCommand,
+    },
     /// A pod's sandbox process: holds its namespaces until stopped.
     #[command(hide = true)]
     Pause,
@@ -222,6 +288,15 @@ fn check_config(cli: &Cli, format: Format) -> Result<ExitCode> {
         );
         Ok(ExitCode::from(1))
     }
+}
+
+/// Runs one async client command on a small runtime.
+fn block(fut: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?
+        .block_on(fut)
 }
 
 fn run_master(cfg: podlet_master::serve::MasterConfig) -> Result<ExitCode> {
@@ -334,6 +409,44 @@ fn main() -> ExitCode {
             cmd,
         ),
         Command::Pause => podlet_runtime::pod::sandbox::pause_main(),
+        Command::Apply { cluster, file } => block(kube_cli::apply(cluster, file)),
+        Command::Get {
+            cluster,
+            kind,
+            name,
+            all_namespaces,
+            selector,
+            output,
+        } => block(kube_cli::get(
+            cluster,
+            kind,
+            name.as_deref(),
+            *all_namespaces,
+            selector.as_deref(),
+            output,
+        )),
+        Command::Describe {
+            cluster,
+            kind,
+            name,
+        } => block(kube_cli::describe(cluster, kind, name)),
+        Command::Delete {
+            cluster,
+            file,
+            kind,
+            names,
+        } => block(kube_cli::delete(
+            cluster,
+            kind.as_deref(),
+            names,
+            file.as_deref(),
+        )),
+        Command::Scale {
+            cluster,
+            target,
+            replicas,
+        } => block(kube_cli::scale(cluster, target, *replicas)),
+        Command::Rollout { cluster, cmd } => block(kube_cli::rollout(cluster, cmd)),
         Command::Master {
             data_dir,
             listen,

@@ -543,3 +543,96 @@ async fn an_autoscaler_scales_up_on_cpu_and_back_down_after_the_window() {
         s.abort();
     }
 }
+
+fn podlet(m: &Master, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_podlet"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(m.kubeconfig())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podlet_client_commands_drive_a_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Master::start(&dir.path().join("m"), &[]);
+    let c = client(&m).await;
+    let sims = nodes(&c, 2).await;
+    let manifest = dir.path().join("app.yaml");
+    std::fs::write(&manifest, "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: site\nspec:\n  replicas: 3\n  selector:\n    matchLabels: {app: site}\n  template:\n    metadata:\n      labels: {app: site}\n    spec:\n      containers:\n      - {name: c, image: 'site:1', resources: {requests: {cpu: 100m}}}\n").unwrap();
+    let ok = |args: &[&str]| {
+        let out = podlet(&m, args);
+        assert!(
+            out.status.success(),
+            "podlet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        ok(&["apply", "-f", manifest.to_str().unwrap()]).contains("deployment.apps/site created")
+    );
+    assert!(
+        ok(&["rollout", "status", "deployment/site", "--timeout", "60"])
+            .contains("successfully rolled out")
+    );
+    let table = ok(&["get", "pods", "-o", "wide"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("Running") && table.contains("NODE"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 4, "{table}");
+    std::fs::write(
+        &manifest,
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("site:1", "site:2"),
+    )
+    .unwrap();
+    assert!(ok(&["apply", "-f", manifest.to_str().unwrap()]).contains("serverside-applied"));
+    ok(&["rollout", "status", "deployment/site", "--timeout", "60"]);
+    let history = ok(&["rollout", "history", "deployment/site"]);
+    assert!(
+        history.contains("\n1 ") && history.contains("\n2 "),
+        "{history}"
+    );
+    assert!(ok(&["rollout", "undo", "deployment/site"]).contains("rolled back"));
+    ok(&["rollout", "status", "deployment/site", "--timeout", "60"]);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    wait_until("site:1 again", Duration::from_secs(60), || async {
+        let all = pods
+            .list(&ListParams::default().labels("app=site"))
+            .await
+            .unwrap()
+            .items;
+        all.len() == 3 && all.iter().all(|p| image(p) == "site:1")
+    })
+    .await;
+    ok(&["scale", "deployment/site", "--replicas", "1"]);
+    wait_until("1 pod", Duration::from_secs(60), || async {
+        pods.list(&ListParams::default().labels("app=site"))
+            .await
+            .unwrap()
+            .items
+            .len()
+            == 1
+    })
+    .await;
+    let described = ok(&["describe", "deployment", "site"]);
+    assert!(
+        described.contains("Name:         site")
+            && described.contains("app: site")
+            && described.contains("Replicas: 1"),
+        "{described}"
+    );
+    let out = podlet(&m, &["get", "nosuchkind"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("doesn't have a resource type")
+    );
+    assert!(ok(&["delete", "deployment", "site"]).contains("deleted"));
+    for s in sims {
+        s.abort();
+    }
+}
