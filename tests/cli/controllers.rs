@@ -636,3 +636,78 @@ async fn podlet_client_commands_drive_a_rollout() {
         s.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_masters_on_etcd_leads_and_the_other_takes_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let etcd = podlet_testkit::etcd::Etcd::start().expect("etcd installed");
+    assert!(etcd.wait_ready(), "etcd: {}", etcd.log());
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Master::start(
+        &dir.path().join("m1"),
+        &["--etcd-endpoints", &etcd.endpoint],
+    );
+    let token = std::fs::read_to_string(first.data.join("cluster-token")).unwrap();
+    let second = Master::start(
+        &dir.path().join("m2"),
+        &["--etcd-endpoints", &etcd.endpoint, "--token", token.trim()],
+    );
+    let c2 = client(&second).await;
+    let leases: Api<Lease> = Api::namespaced(c2.clone(), "kube-system");
+    wait_until("a leader", Duration::from_secs(20), || async {
+        leases
+            .get("podlet-controller-manager")
+            .await
+            .ok()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .is_some_and(|h| !h.is_empty())
+    })
+    .await;
+    let sims = nodes(&c2, 2).await;
+    let deps: Api<Deployment> = Api::namespaced(c2.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c2.clone(), "default");
+    deps.create(&PostParams::default(), &deployment("ha", 2, "ha:1"))
+        .await
+        .unwrap();
+    wait_until("2 running pods", Duration::from_secs(60), || async {
+        running_pods(&pods, "ha").await.len() == 2
+    })
+    .await;
+    // Exactly two pods: the two masters did not both run a ReplicaSet controller.
+    assert_eq!(
+        pods.list(&ListParams::default().labels("app=ha"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    // Kill the first master (it may or may not be the leader); the survivor leads afterwards.
+    first.kill9();
+    deps.patch(
+        "ha",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    wait_until(
+        "3 running pods after the failover",
+        Duration::from_secs(45),
+        || async { running_pods(&pods, "ha").await.len() == 3 },
+    )
+    .await;
+    let now = leases
+        .get("podlet-controller-manager")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert!(!now.is_empty());
+    for s in sims {
+        s.abort();
+    }
+}
