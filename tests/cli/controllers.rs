@@ -711,3 +711,134 @@ async fn one_of_two_masters_on_etcd_leads_and_the_other_takes_over() {
         s.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_pause_resume_and_progress_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Master::start(&dir.path().join("m"), &[]);
+    let c = client(&m).await;
+    let sims = nodes(&c, 2).await;
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut dv = serde_json::to_value(deployment("rc", 3, "rc:1")).unwrap();
+    dv["spec"]["strategy"] = json!({"type": "Recreate"});
+    let d: Deployment = serde_json::from_value(dv).unwrap();
+    deps.create(&PostParams::default(), &d).await.unwrap();
+    wait_until("3 running pods", Duration::from_secs(60), || async {
+        running_pods(&pods, "rc").await.len() == 3
+    })
+    .await;
+    // Paused: a template change does not roll out.
+    let out = kubectl(&m, dir.path(), &["rollout", "pause", "deployment/rc"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    deps.patch("rc", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "rc:2"}]}}}}))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = pods
+        .list(&ListParams::default().labels("app=rc"))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        all.len() == 3 && all.iter().all(|p| image(p) == "rc:1"),
+        "rolled out while paused"
+    );
+    // Resumed with Recreate: old pods all go before any new one exists.
+    let rv = pods
+        .list(&ListParams::default().labels("app=rc"))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mixed: Arc<Mutex<bool>> = Arc::default();
+    let (mx, pw) = (mixed.clone(), pods.clone());
+    let watch = tokio::spawn(async move {
+        let mut alive: HashMap<String, String> = HashMap::new();
+        let mut s = pw
+            .watch(&WatchParams::default().labels("app=rc").timeout(60), &rv)
+            .await
+            .unwrap()
+            .boxed();
+        for p in pw
+            .list(&ListParams::default().labels("app=rc"))
+            .await
+            .unwrap()
+            .items
+        {
+            alive.insert(p.metadata.name.clone().unwrap(), image(&p));
+        }
+        while let Some(Ok(ev)) = s.next().await {
+            match ev {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                    alive.insert(p.metadata.name.clone().unwrap(), image(&p));
+                }
+                WatchEvent::Deleted(p) => {
+                    alive.remove(&p.metadata.name.clone().unwrap());
+                }
+                _ => {}
+            }
+            let images: std::collections::HashSet<&String> = alive.values().collect();
+            if images.len() > 1 {
+                *mx.lock().unwrap() = true;
+            }
+        }
+    });
+    let out = kubectl(&m, dir.path(), &["rollout", "resume", "deployment/rc"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("rc:2 everywhere", Duration::from_secs(60), || async {
+        let run = running_pods(&pods, "rc").await;
+        run.len() == 3 && run.iter().all(|p| image(p) == "rc:2")
+    })
+    .await;
+    watch.abort();
+    assert!(
+        !*mixed.lock().unwrap(),
+        "Recreate ran old and new pods together"
+    );
+
+    // A rollout that cannot progress reports ProgressDeadlineExceeded, and rollout status fails.
+    let mut sv = serde_json::to_value(deployment("stuck", 1, "stuck:1")).unwrap();
+    sv["spec"]["progressDeadlineSeconds"] = json!(3);
+    sv["spec"]["template"]["spec"]["nodeSelector"] = json!({"disk": "nvme"});
+    let stuck: Deployment = serde_json::from_value(sv).unwrap();
+    deps.create(&PostParams::default(), &stuck).await.unwrap();
+    wait_until(
+        "ProgressDeadlineExceeded",
+        Duration::from_secs(30),
+        || async {
+            let d = serde_json::to_value(deps.get("stuck").await.unwrap()).unwrap();
+            d["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["type"] == "Progressing"
+                        && c["status"] == "False"
+                        && c["reason"] == "ProgressDeadlineExceeded"
+                })
+        },
+    )
+    .await;
+    let out = kubectl(
+        &m,
+        dir.path(),
+        &["rollout", "status", "deployment/stuck", "--timeout=20s"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exceeded its progress deadline"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in sims {
+        s.abort();
+    }
+}
