@@ -195,11 +195,24 @@ impl Ctx {
 }
 
 /// A resource's objects, kept current from the watch cache; `changed` ticks on every event.
+/// Its feeding task stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Informer {
     objects: Arc<RwLock<BTreeMap<String, Arc<Value>>>>,
     /// Notified on every change (the key changed).
     pub changes: tokio::sync::broadcast::Sender<String>,
+    feeder: Arc<AbortOnDrop>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(std::sync::OnceLock<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.get() {
+            h.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Informer {
@@ -220,11 +233,17 @@ impl Informer {
         let inf = Informer {
             objects: Arc::default(),
             changes: tokio::sync::broadcast::channel(65536).0,
+            feeder: Arc::new(AbortOnDrop(std::sync::OnceLock::new())),
         };
-        let me = inf.clone();
+        // The task holds only the data, not the informer (or it would keep itself alive).
+        let me = Informer {
+            objects: inf.objects.clone(),
+            changes: inf.changes.clone(),
+            feeder: Arc::new(AbortOnDrop(std::sync::OnceLock::new())),
+        };
         let ready = Arc::new(tokio::sync::Notify::new());
         let signal = ready.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut first = true;
             loop {
                 if let Err(e) = me.sync(&st, r, &signal, &mut first).await {
@@ -233,6 +252,7 @@ impl Informer {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
+        let _ = inf.feeder.0.set(task.abort_handle());
         ready.notified().await;
         inf
     }
