@@ -436,6 +436,23 @@ pub async fn describe(c: &ClusterArgs, kind: &str, name: &str) -> Result<ExitCod
         "Created:      {}\n",
         v["metadata"]["creationTimestamp"].as_str().unwrap_or("")
     ));
+    if v["kind"] == "Secret" {
+        // Like kubectl: sizes, never the values.
+        use base64::Engine;
+        out.push_str(&format!(
+            "Type:         {}\nData\n====\n",
+            v["type"].as_str().unwrap_or("")
+        ));
+        for (k, val) in v["data"].as_object().into_iter().flatten() {
+            let n = base64::engine::general_purpose::STANDARD
+                .decode(val.as_str().unwrap_or(""))
+                .map(|b| b.len())
+                .unwrap_or(0);
+            out.push_str(&format!("{k}:  {n} bytes\n"));
+        }
+        print!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
     for part in ["spec", "data", "status"] {
         if v[part].is_object() {
             out.push_str(&format!("{}:\n", title(part)));

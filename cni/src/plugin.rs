@@ -85,7 +85,7 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
         h ^= b as u64;
         h = h.wrapping_mul(0x100_0000_01b3);
     }
-    format!("veth{:08x}", h as u32)
+    format!("plv{:08x}", h as u32)
 }
 
 fn invalid(details: impl Into<String>) -> CniError {
@@ -185,9 +185,11 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         "DEL" => {
             let store = Store::lock(&conf.ipam, &conf.name)?;
             let host_veth = host_veth_name(&inv.container_id, &inv.ifname);
-            let tombstone = link::detach(inv.netns.as_deref(), &inv.ifname, &host_veth)?;
+            let detached = link::detach(inv.netns.as_deref(), &inv.ifname, &host_veth);
+            // The address is released even if the links could not be retired.
             store.release(&inv.container_id, &inv.ifname)?;
             drop(store);
+            let tombstone = detached?;
             if let Some(t) = tombstone {
                 spawn_reaper(&t);
             }

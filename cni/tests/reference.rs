@@ -51,8 +51,10 @@ fn observe(kind: &str, exe: &Path, cni_path: &str) -> BTreeMap<&'static str, Val
     let ifs = r["interfaces"].as_array_mut().unwrap();
     assert_eq!(ifs.len(), 3, "{kind}: {ifs:?}");
     let host_veth = ifs[1]["name"].as_str().unwrap().to_string();
+    // The reference names it veth + 8 random hex digits; podlet-cni plv + a hash of the
+    // attachment (so it never takes one of the reference's links for a stale one of its own).
     assert!(
-        host_veth.starts_with("veth") && host_veth.len() <= 15,
+        (host_veth.starts_with("veth") || host_veth.starts_with("plv")) && host_veth.len() <= 15,
         "{kind}: {host_veth}"
     );
     for i in ifs.iter_mut() {

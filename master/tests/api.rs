@@ -310,6 +310,110 @@ async fn nodes_may_only_write_their_own_objects() {
         .0,
         StatusCode::OK
     );
+    // Review findings, fixed: no reading through a patch's error, no spec writes by nodes,
+    // subresources only take their own verbs, apply names must agree, a name joins once.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "data": {"password": "c2VjcmV0LXZhbHVl"}});
+    assert_eq!(
+        a.admin("POST", "/api/v1/namespaces/default/secrets", secret)
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    for token in [&a.sec.join_token, &n1] {
+        let (code, v) = a
+            .call(
+                "PATCH",
+                "/api/v1/namespaces/default/secrets/db",
+                Some(token),
+                "application/json-patch+json",
+                br#"[{"op":"move","from":"/data/password","path":"/kind"}]"#.to_vec(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{v}");
+        assert!(!v.to_string().contains("c2VjcmV0LXZhbHVl"), "{v}");
+    }
+    let relabel = br#"{"metadata":{"labels":{"app":"stolen"}}}"#.to_vec();
+    assert_eq!(
+        a.call(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/mine",
+            Some(&n1),
+            "application/merge-patch+json",
+            relabel
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let untaint = br#"{"spec":{"unschedulable":true}}"#.to_vec();
+    assert_eq!(
+        a.call(
+            "PATCH",
+            "/api/v1/nodes/n1",
+            Some(&n1),
+            "application/merge-patch+json",
+            untaint
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let label_self = br#"{"metadata":{"labels":{"zone":"a"}}}"#.to_vec();
+    assert_eq!(
+        a.call(
+            "PATCH",
+            "/api/v1/nodes/n1",
+            Some(&n1),
+            "application/merge-patch+json",
+            label_self
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.admin(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/mine/status",
+            Value::Null
+        )
+        .await
+        .0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        a.admin(
+            "PUT",
+            "/api/v1/namespaces/default/pods/mine/binding",
+            json!({})
+        )
+        .await
+        .0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let other_name = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "fake"}})
+        .to_string()
+        .into_bytes();
+    let (code, _) = a
+        .call(
+            "PATCH",
+            "/api/v1/nodes/n3?fieldManager=x",
+            Some(&a.sec.admin_token),
+            "application/apply-patch+yaml",
+            other_name,
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, _) = a
+        .call(
+            "POST",
+            "/podlet/v1/join",
+            Some(&a.sec.join_token),
+            "application/json",
+            br#"{"nodeName":"n1"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "n1 has joined already");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use podlet_cni::ipam::Subnet;
@@ -243,10 +243,12 @@ fn containers_in_one_pod_share_localhost_and_hostname() {
 
     let sandbox = sandbox_pid(&p, "web");
     p.ok(&["pod", "stop", "-t", "1", "web"]);
-    assert!(
-        !Path::new(&format!("/proc/{sandbox}")).exists(),
-        "sandbox still runs"
-    );
+    // Gone, or a zombie its reaper has not collected yet: either way no longer running.
+    let state = std::fs::read_to_string(format!("/proc/{sandbox}/stat")).unwrap_or_default();
+    let running = state
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'));
+    assert!(!running, "sandbox still runs: {state}");
     assert!(p.ok(&["pod", "ps"]).contains("Exited"));
     p.ok(&["pod", "rm", "web"]);
     assert!(p.pods().is_empty());

@@ -206,6 +206,9 @@ impl Security {
         server_url: &str,
     ) -> Result<Security, AuthError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // The directory holds keys and the state database: the owner's alone.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io(dir))?;
         let cert_err = |e: rcgen::Error| AuthError::Cert(e.to_string());
         let ca_key_path = dir.join("ca.key");
         let ca_key_pem = read_or(
@@ -320,11 +323,10 @@ impl Security {
                 })
             },
         )?;
-        std::fs::write(dir.join("node-token"), format!("{join_token}\n")).ok();
-        let _ = std::fs::set_permissions(
-            dir.join("node-token"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        );
+        write_private(
+            &dir.join("node-token"),
+            format!("{join_token}\n").as_bytes(),
+        )?;
         let kubeconfig = dir.join("admin.kubeconfig");
         let kc = kubeconfig_text(server_url, &ca_pem, &admin_token, "admin");
         write_private(&kubeconfig, kc.as_bytes())?;

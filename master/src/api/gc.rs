@@ -72,7 +72,9 @@ pub async fn delete(
                         marked["metadata"]["resourceVersion"] = json!(rev.to_string());
                         if is_namespace {
                             let (st, name) = (st.clone(), name.to_string());
-                            tokio::spawn(async move { finish_namespace(&st, &name).await });
+                            tokio::spawn(async move {
+                                finish_namespace(&st, &name).await;
+                            });
                         }
                         return Ok(marked);
                     }
@@ -192,16 +194,29 @@ async fn orphan_dependents(st: &AppState, ns: Option<&str>, uid: &str) -> Result
     Ok(())
 }
 
-/// Deletes everything in a terminating namespace, then the namespace.
-async fn finish_namespace(st: &AppState, ns: &str) {
+/// Deletes everything in a terminating namespace, then the namespace; returns whether it is
+/// gone. Anything that cannot be listed or deleted now leaves the namespace Terminating (the
+/// namespace controller tries again).
+pub async fn finish_namespace(st: &AppState, ns: &str) -> bool {
+    let mut clean = true;
     for r in RESOURCES.iter().filter(|r| r.namespaced) {
         let Ok(page) = st.store.list(&r.prefix_in(Some(ns)), None, 0, None).await else {
+            clean = false;
             continue;
         };
         for kv in page.items {
-            let _ = st.store.delete(&kv.key, None).await;
+            match st.store.delete(&kv.key, None).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(_) => clean = false,
+            }
         }
     }
+    if !clean {
+        return false;
+    }
     let r = crate::resources::find("", "v1", "namespaces").expect("namespaces");
-    let _ = st.store.delete(&r.key(None, ns), None).await;
+    matches!(
+        st.store.delete(&r.key(None, ns), None).await,
+        Ok(_) | Err(StoreError::NotFound(_))
+    )
 }

@@ -446,7 +446,9 @@ pub fn default(r: &Resource, obj: &mut Value) {
             if obj["spec"].is_null() {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
             }
-            obj["status"] = json!({"phase": "Active"});
+            if obj["metadata"]["deletionTimestamp"].is_null() {
+                obj["status"] = json!({"phase": "Active"});
+            }
         }
         "Secret" => {
             if let Some(o) = obj.as_object_mut() {

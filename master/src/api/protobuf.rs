@@ -368,21 +368,29 @@ fn time(b: &[u8]) -> Result<Option<Value>, ProtoError> {
 
 /// Whether a field carries nothing: a zero, an empty string, or a message whose fields all
 /// carry nothing (what Go writes for an unset non-pointer struct such as `status`).
-fn is_empty(r: &Raw<'_>) -> bool {
+fn is_empty(r: &Raw<'_>, depth: usize) -> bool {
     match r {
         Raw::Varint(v) => *v == 0,
         Raw::Bytes(b) => {
-            b.is_empty() || fields(b).is_ok_and(|fs| fs.iter().all(|(_, f)| is_empty(f)))
+            b.is_empty()
+                || (depth < MAX_DEPTH
+                    && fields(b).is_ok_and(|fs| fs.iter().all(|(_, f)| is_empty(f, depth + 1))))
         }
         Raw::Fixed => false,
     }
 }
 
+/// How deep messages may nest (Kubernetes objects need about 10).
+const MAX_DEPTH: usize = 32;
+
 fn message(b: &[u8], schema: &[F], path: &str) -> Result<Map<String, Value>, ProtoError> {
+    if path.matches('.').count() > MAX_DEPTH {
+        return Err(err("messages nested too deeply"));
+    }
     let mut out = Map::new();
     for (num, raw) in fields(b)? {
         let Some(F(_, name, kind)) = schema.iter().find(|f| f.0 == num) else {
-            if is_empty(&raw) {
+            if is_empty(&raw, 0) {
                 continue;
             }
             let at = if path.is_empty() { "the object" } else { path };
@@ -610,5 +618,11 @@ mod tests {
         assert!(decode(b"not protobuf").is_err());
         assert!(decode(&[MAGIC, &[0x0a, 0xff]].concat()).is_err());
         assert!(decode(&envelope("v1", "Node", b"")).is_err());
+        // Deep nesting is refused, not recursed into without end.
+        let mut deep = bytes(1, b"x");
+        for _ in 0..100_000 {
+            deep = bytes(99, &deep);
+        }
+        assert!(decode(&envelope("v1", "ConfigMap", &deep)).is_err());
     }
 }

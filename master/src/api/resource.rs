@@ -156,13 +156,23 @@ fn authorize(
         .name
         .as_deref()
         .or_else(|| obj.and_then(|o| o["metadata"]["name"].as_str()));
+    // As Kubernetes' NodeRestriction: status, its own Lease, deleting its own pods; the spec
+    // of its Node (taints, unschedulable) and of pods stays the control plane's.
     let ok = match t.resource.kind {
-        "Node" => name == Some(node.as_str()),
+        "Node" => {
+            let own = name == Some(node.as_str());
+            let spec_kept = match (obj, live) {
+                (Some(o), Some(l)) if t.sub.is_none() => o["spec"] == l["spec"],
+                _ => true,
+            };
+            own && spec_kept && verb != "delete"
+        }
         "Lease" => name == Some(node.as_str()) && t.namespace.as_deref() == Some("kube-node-lease"),
         "Pod" => {
             let bound =
                 |o: Option<&Value>| o.is_some_and(|o| o["spec"]["nodeName"] == node.as_str());
-            verb != "create" && bound(live) && (obj.is_none() || bound(obj))
+            let status_or_delete = verb == "delete" || t.sub.as_deref() == Some("status");
+            status_or_delete && bound(live) && (obj.is_none() || bound(obj))
         }
         "Event" => verb == "create",
         _ => false,
@@ -201,6 +211,18 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let t = parse_path(path)?;
     let verb = verb_of(&method, &t, query);
+    let sub_ok = match t.sub.as_deref() {
+        None => true,
+        Some("binding") => verb == "create",
+        Some(_) => matches!(verb, "get" | "update" | "patch"),
+    };
+    if !sub_ok {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not supported on {}/{}",
+            t.resource.plural,
+            t.sub.as_deref().unwrap_or("")
+        )));
+    }
     match verb {
         "watch" => {
             authorize(id, verb, &t, None, None)?;
@@ -864,6 +886,16 @@ async fn write(
                         "an apply patch must be an object".into(),
                     ));
                 }
+                if applied["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n != name)
+                {
+                    return Err(ApiError::BadRequest(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        applied["metadata"]["name"].as_str().unwrap_or("")
+                    )));
+                }
+                authorize(id, "create", t, None, None)?;
                 let applied = objects::check_types(r, &applied, fv)?;
                 authorize(id, "create", t, Some(&applied), None)?;
                 let obj = patch::apply(r.kind, None, &applied, &manager, &objects::now())?;
@@ -880,6 +912,8 @@ async fn write(
             return Err(ApiError::not_found(r, &name));
         }
         let live = live.expect("checked");
+        // Before the patch touches anything (its errors could echo stored values).
+        authorize(id, verb, t, None, Some(&live))?;
         let live_rev = current.as_ref().map(|kv| kv.mod_revision).unwrap_or(0);
         // The full object the client asks for.
         let base = match t.sub.as_deref() {
@@ -920,9 +954,29 @@ async fn write(
             }
             _ => objects::check_types(r, &wanted, fv)?,
         };
-        // Optimistic concurrency: a resourceVersion in the body must match.
-        let expected = match wanted["metadata"]["resourceVersion"].as_str() {
-            Some(rv) if verb == "update" || content_type != "application/apply-patch+yaml" => {
+        // Optimistic concurrency: a resourceVersion the client sent must match (a patch that
+        // does not name one applies to whatever is current, and is retried on a race).
+        let client_rv = match (verb, content_type) {
+            ("update", _) => wanted["metadata"]["resourceVersion"].as_str(),
+            (_, "application/json-patch+json") => {
+                let names_rv = serde_json::from_slice::<Value>(body).ok().is_some_and(|p| {
+                    p.as_array().is_some_and(|ops| {
+                        ops.iter().any(|o| o["path"] == "/metadata/resourceVersion")
+                    })
+                });
+                if names_rv {
+                    wanted["metadata"]["resourceVersion"].as_str()
+                } else {
+                    None
+                }
+            }
+            (_, "application/apply-patch+yaml") => None,
+            _ => body_value
+                .as_ref()
+                .and_then(|b| b["metadata"]["resourceVersion"].as_str()),
+        };
+        let expected = match client_rv {
+            Some(rv) => {
                 let n: i64 = rv
                     .parse()
                     .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?;
@@ -1036,7 +1090,11 @@ async fn write(
         let finalizers_empty = checked["metadata"]["finalizers"]
             .as_array()
             .is_none_or(|f| f.is_empty());
-        if !checked["metadata"]["deletionTimestamp"].is_null() && finalizers_empty {
+        // (Namespaces finish through the namespace controller, not on their last write.)
+        if !checked["metadata"]["deletionTimestamp"].is_null()
+            && finalizers_empty
+            && r.kind != "Namespace"
+        {
             if dry {
                 return Ok((StatusCode::OK, checked));
             }

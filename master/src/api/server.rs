@@ -162,6 +162,21 @@ async fn join(
         return ApiError::BadRequest(format!("join request: invalid nodeName {node:?}"))
             .into_response();
     }
+    // A name joins once: its token is not handed out again (a node keeps its token).
+    let nodes = crate::resources::find("", "v1", "nodes").expect("nodes");
+    match st.store.get(&nodes.key(None, node)).await {
+        Ok(Some(_)) if !matches!(id, Identity::Admin { .. }) => {
+            return ApiError::AlreadyExists {
+                qualified: "nodes".into(),
+                group: String::new(),
+                plural: "nodes".into(),
+                name: node.to_string(),
+            }
+            .into_response();
+        }
+        Err(e) => return ApiError::Internal(e.to_string()).into_response(),
+        _ => {}
+    }
     let Some(tokens) = &st.tokens else {
         return ApiError::BadRequest("authentication is off".into()).into_response();
     };

@@ -49,12 +49,14 @@ pub async fn watch(
         });
     }
     let filter = Filter::parse(q(query, "labelSelector"), q(query, "fieldSelector"))?;
+    // At most an hour; clients re-watch from their last resourceVersion.
     let timeout = match q(query, "timeoutSeconds") {
         Some(s) => s
             .parse::<u64>()
             .map_err(|_| ApiError::BadRequest(format!("timeoutSeconds {s:?} is not a number")))?,
         None => 1800,
-    };
+    }
+    .min(3600);
     let bookmarks = matches!(q(query, "allowWatchBookmarks"), Some("true" | "1"));
     let prefix = t.resource.prefix_in(t.namespace.as_deref());
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(256);
@@ -111,7 +113,6 @@ pub async fn watch(
         }
     };
     let api_version = t.resource.api_version();
-    let cache = st.cache.clone();
     tokio::spawn(async move {
         let send = |s: String| {
             let tx = tx.clone();
@@ -122,6 +123,7 @@ pub async fn watch(
                 return;
             }
         }
+        drop(initial);
         let mut last = after;
         for ev in replay {
             if let Some((ty, obj)) = select(&ev, &filter) {
@@ -138,8 +140,10 @@ pub async fn watch(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
+                _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
-                    let rv = cache.latest().max(last);
+                    // Only as far as this watch has read: queued events come first.
+                    let rv = last;
                     let mut line = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
                         "metadata": {"resourceVersion": rv.to_string()}}}).to_string();
                     line.push('\n');
@@ -149,10 +153,13 @@ pub async fn watch(
                 }
                 ev = live.recv() => match ev {
                     Ok(ev) => {
-                        if ev.revision <= last || !ev.key.starts_with(&prefix) {
+                        if ev.revision <= last {
                             continue;
                         }
                         last = ev.revision;
+                        if !ev.key.starts_with(&prefix) {
+                            continue;
+                        }
                         if let Some((ty, obj)) = select(&ev, &filter) {
                             if !send(render(ty, obj)).await {
                                 return;
@@ -165,7 +172,13 @@ pub async fn watch(
                         let _ = send(line).await;
                         return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        // The cache restarted its history (compaction): clients must re-list.
+                        let mut line = expired(format!("too old resource version: {last} (the watch cache was reset)")).to_string();
+                        line.push('\n');
+                        let _ = send(line).await;
+                        return;
+                    }
                 },
             }
         }

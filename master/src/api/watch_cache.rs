@@ -44,7 +44,9 @@ struct State {
 #[derive(Clone)]
 pub struct WatchCache {
     state: Arc<Mutex<State>>,
-    tx: broadcast::Sender<Arc<CachedEvent>>,
+    /// Replaced when history is lost (compaction): the old receivers then see `Closed` and
+    /// their watches end with a 410, so clients re-list.
+    tx: Arc<Mutex<broadcast::Sender<Arc<CachedEvent>>>>,
 }
 
 impl std::fmt::Debug for WatchCache {
@@ -76,7 +78,7 @@ impl WatchCache {
                 floor: rev,
                 latest: rev,
             })),
-            tx,
+            tx: Arc::new(Mutex::new(tx)),
         };
         let c = cache.clone();
         tokio::spawn(async move { c.feed(store, codec, rev).await });
@@ -89,9 +91,9 @@ impl WatchCache {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "watch cache: store watch failed; retrying");
-                    self.reset_if_compacted(&e);
                     if let StoreError::Compacted { .. } = e {
                         after = store.current_revision().await.unwrap_or(after);
+                        self.reset(after);
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
@@ -102,9 +104,9 @@ impl WatchCache {
                     Ok(ev) => ev,
                     Err(e) => {
                         tracing::warn!(error = %e, "watch cache: store watch ended");
-                        self.reset_if_compacted(&e);
                         if let StoreError::Compacted { .. } = e {
                             after = store.current_revision().await.unwrap_or(after);
+                            self.reset(after);
                         }
                         break;
                     }
@@ -139,12 +141,14 @@ impl WatchCache {
         }
     }
 
-    fn reset_if_compacted(&self, e: &StoreError) {
-        if let StoreError::Compacted { oldest, .. } = e {
-            let mut st = self.state.lock().unwrap();
-            st.ring.clear();
-            st.floor = st.floor.max(*oldest);
-        }
+    /// History between the last event and `resume` is lost: serve only from `resume` on, and
+    /// end every current watch (they get a 410 and re-list).
+    fn reset(&self, resume: i64) {
+        let mut st = self.state.lock().unwrap();
+        st.ring.clear();
+        st.floor = resume;
+        st.latest = st.latest.max(resume);
+        *self.tx.lock().unwrap() = broadcast::channel(RING).0;
     }
 
     fn push(&self, ev: Arc<CachedEvent>) {
@@ -160,7 +164,7 @@ impl WatchCache {
             }
         }
         // Sent under the lock: a subscriber registered under it sees no gap and no duplicate.
-        let _ = self.tx.send(ev);
+        let _ = self.tx.lock().unwrap().send(ev);
     }
 
     /// The newest revision seen.
@@ -184,7 +188,7 @@ impl WatchCache {
             .filter(|e| e.revision > after && e.key.starts_with(prefix))
             .cloned()
             .collect();
-        Ok((replay, self.tx.subscribe()))
+        Ok((replay, self.tx.lock().unwrap().subscribe()))
     }
 
     /// Waits (briefly) until the cache has seen `rev`, so a watch that starts from a list's

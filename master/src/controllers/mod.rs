@@ -7,6 +7,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod hpa;
 pub mod leader;
+pub mod namespaces;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod scheduler;
@@ -392,7 +393,9 @@ pub async fn run_all(ctx: Ctx) -> Vec<tokio::task::JoinHandle<()>> {
     let svcs = ctx.informer(res("Service")).await;
     let leases = ctx.informer(res("Lease")).await;
     let hpas = ctx.informer(res("HorizontalPodAutoscaler")).await;
+    let nss = ctx.informer(res("Namespace")).await;
     vec![
+        tokio::spawn(namespaces::run(ctx.clone(), nss)),
         tokio::spawn(hpa::run(ctx.clone(), hpas, deps.clone(), pods.clone())),
         tokio::spawn(scheduler::run(ctx.clone(), pods.clone(), nodes.clone())),
         tokio::spawn(replicaset::run(ctx.clone(), rss.clone(), pods.clone())),

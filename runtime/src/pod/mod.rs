@@ -366,10 +366,11 @@ impl Pods {
     pub fn stop(&self, name: &str) -> Result<PodState, PodError> {
         let _lock = self.lock()?;
         let mut st = self.load(name)?;
-        self.release_network(&mut st)?;
+        // The sandbox stops even if the network cannot be released now (`rm` tries again).
+        let released = self.release_network(&mut st);
         st.sandbox.stop();
         self.save(&st)?;
-        Ok(st)
+        released.map(|()| st)
     }
 
     fn release_network(&self, st: &mut PodState) -> Result<(), PodError> {
@@ -393,7 +394,10 @@ impl Pods {
     pub fn remove(&self, name: &str) -> Result<(), PodError> {
         let _lock = self.lock()?;
         let mut st = self.load(name)?;
-        self.release_network(&mut st)?;
+        if let Err(e) = self.release_network(&mut st) {
+            // A missing plugin or config must not make the pod impossible to remove.
+            tracing::warn!(pod = %name, error = %e, "releasing the pod's network failed; removing it anyway");
+        }
         st.sandbox.stop();
         let path = self.file(name);
         fs::remove_file(&path).map_err(state_err(&path))
