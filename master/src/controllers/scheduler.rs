@@ -358,6 +358,15 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Counts `pod` as running on `node` (a binding made but not yet seen).
+    pub fn assume(&mut self, pod: &Value, node: &str) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.name == node) {
+            n.account(pod);
+        }
+    }
+}
+
 impl NodeInfo {
     fn account(&mut self, pod: &Value) {
         let (c, m) = requests(pod);
@@ -380,9 +389,39 @@ fn pending(p: &Value) -> bool {
         && !super::pod_finished(p)
 }
 
-async fn pass(ctx: &Ctx, pods: &Informer, nodes: &Informer) {
+/// Bindings made and not yet seen in the informer (pod uid → node, when): the next pass
+/// counts them as placed, so a lagging informer neither re-schedules a pod nor skews the
+/// spreading of the pods after it (kube-scheduler's "assumed pods").
+type Assumed = std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>;
+
+async fn pass(ctx: &Ctx, pods: &Informer, nodes: &Informer, assumed: &Arc<Assumed>) {
     let all = pods.list();
-    let mut queue: Vec<Arc<Value>> = all.iter().filter(|p| pending(p)).cloned().collect();
+    {
+        let mut a = assumed.lock().unwrap();
+        let seen: HashMap<&str, &Value> = all
+            .iter()
+            .filter_map(|p| Some((p["metadata"]["uid"].as_str()?, &**p)))
+            .collect();
+        a.retain(|uid, (_, at)| {
+            at.elapsed() < Duration::from_secs(30)
+                && seen
+                    .get(uid.as_str())
+                    .is_some_and(|p| p["spec"]["nodeName"].as_str().is_none_or(str::is_empty))
+        });
+    }
+    let in_flight: HashMap<String, String> = assumed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(u, (n, _))| (u.clone(), n.clone()))
+        .collect();
+    let mut queue: Vec<Arc<Value>> = all
+        .iter()
+        .filter(|p| {
+            pending(p) && !in_flight.contains_key(p["metadata"]["uid"].as_str().unwrap_or(""))
+        })
+        .cloned()
+        .collect();
     if queue.is_empty() {
         return;
     }
@@ -399,6 +438,11 @@ async fn pass(ctx: &Ctx, pods: &Informer, nodes: &Informer) {
         k(a).cmp(&k(b))
     });
     let mut cluster = Cluster::build(&nodes.list(), &all);
+    for p in &all {
+        if let Some(node) = in_flight.get(p["metadata"]["uid"].as_str().unwrap_or("")) {
+            cluster.assume(p, node);
+        }
+    }
     let pod_res = res("Pod");
     let mut binds = Vec::new();
     for pod in queue {
@@ -411,11 +455,18 @@ async fn pass(ctx: &Ctx, pods: &Informer, nodes: &Informer) {
             Decision::Bind(node) => {
                 let ctx = ctx.clone();
                 let uid = pod["metadata"]["uid"].clone();
+                let uid_s = uid.as_str().unwrap_or("").to_string();
+                assumed
+                    .lock()
+                    .unwrap()
+                    .insert(uid_s.clone(), (node.clone(), std::time::Instant::now()));
+                let assumed = assumed.clone();
                 binds.push(async move {
                     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns, "uid": uid},
                                          "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
                     let path = super::path(pod_res, Some(&ns), Some(&name), Some("binding"));
                     if let Err(e) = ctx.request(Method::POST, &path, "application/json", Some(&binding)).await {
+                        assumed.lock().unwrap().remove(&uid_s);
                         tracing::debug!(pod = %name, error = %e, "binding failed; retried next pass");
                     }
                 });
@@ -454,8 +505,9 @@ async fn pass(ctx: &Ctx, pods: &Informer, nodes: &Informer) {
 /// Runs the scheduler.
 pub async fn run(ctx: Ctx, pods: Informer, nodes: Informer) {
     let trigger = triggers(&[&pods, &nodes]);
+    let assumed: Arc<Assumed> = Arc::default();
     level_loop(trigger, Duration::from_secs(2), || {
-        pass(&ctx, &pods, &nodes)
+        pass(&ctx, &pods, &nodes, &assumed)
     })
     .await;
 }
