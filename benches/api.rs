@@ -18,18 +18,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Client;
+
 use master_env::Master;
 use serde_json::json;
-
-async fn client(m: &Master) -> Client {
-    let kc = Kubeconfig::read_from(m.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
 
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
@@ -63,7 +54,7 @@ struct Row(String, String);
 
 async fn run(label: &str, m: &Master) -> Vec<Row> {
     let mut rows = Vec::new();
-    let c = client(m).await;
+    let c = m.client().await;
     let api: Api<Pod> = Api::namespaced(c.clone(), "default");
     tokio::time::sleep(Duration::from_millis(500)).await;
     rows.push(Row(

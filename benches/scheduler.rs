@@ -15,27 +15,12 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
-use master_env::Master;
+use master_env::{micro_now, Master};
 use serde_json::json;
 
 const NODES: usize = 1000;
 const PODS: usize = 10_000;
-
-async fn client(m: &Master) -> Client {
-    let kc = Kubeconfig::read_from(m.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
-
-fn micro_now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
-        .to_string()
-}
 
 async fn renew_leases(c: Client) {
     let leases: Api<Lease> = Api::namespaced(c, "kube-node-lease");
@@ -71,7 +56,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
     rt.block_on(async {
-        let c = client(&m).await;
+        let c = m.client().await;
         let nodes: Api<Node> = Api::all(c.clone());
         futures::stream::iter(0..NODES)
             .for_each_concurrent(32, |i| {

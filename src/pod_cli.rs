@@ -183,15 +183,6 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, 
         .collect()
 }
 
-/// Six random bytes in hex, for generated names.
-pub fn random_suffix() -> String {
-    let mut b = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The global paths every pod command needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Paths<'a> {
@@ -207,7 +198,7 @@ pub struct Paths<'a> {
 pub fn run(p: Paths<'_>, cmd: &PodCommand) -> Result<ExitCode> {
     match cmd {
         PodCommand::Create(a) => {
-            let name = a.name.clone().unwrap_or_else(random_suffix);
+            let name = a.name.clone().unwrap_or_else(crate::run_cli::random_id);
             let spec = PodSpec {
                 name,
                 hostname: a.hostname.clone(),

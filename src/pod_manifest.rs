@@ -31,35 +31,12 @@ pub fn read_manifest(file: &Path) -> Result<Pod> {
     serde_yaml::from_value(value).with_context(|| format!("{}: invalid Pod", file.display()))
 }
 
-/// Parses a Kubernetes quantity (`128Mi`, `1G`, `500m`, `2`, `1e3`) into a number.
+/// Parses a Kubernetes quantity (`128Mi`, `1G`, `500m`, `2`, `1e3`) into a number (the
+/// master's parser, refusing negative values).
 pub fn parse_quantity(q: &str) -> Result<f64> {
-    let t = q.trim();
-    let suffixes: [(&str, f64); 14] = [
-        ("Ki", 1024.0),
-        ("Mi", 1024.0 * 1024.0),
-        ("Gi", 1024.0 * 1024.0 * 1024.0),
-        ("Ti", 1024f64.powi(4)),
-        ("Pi", 1024f64.powi(5)),
-        ("Ei", 1024f64.powi(6)),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-        ("m", 1e-3),
-        ("", 1.0),
-    ];
-    for (s, mult) in suffixes {
-        if let Some(num) = t.strip_suffix(s) {
-            if let Ok(n) = num.parse::<f64>() {
-                if n.is_finite() && n >= 0.0 && !num.is_empty() {
-                    return Ok(n * mult);
-                }
-            }
-        }
-    }
-    bail!("invalid quantity {q:?} (expected e.g. 128Mi, 1G, 500m, 2)")
+    podlet_master::controllers::scheduler::quantity(q)
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .with_context(|| format!("invalid quantity {q:?} (expected e.g. 128Mi, 1G, 500m, 2)"))
 }
 
 /// The `podlet run` arguments for one container of the pod.
@@ -154,7 +131,7 @@ pub fn run(p: Paths<'_>, file: &Path, network: &str, cni: &CniArgs) -> Result<Ex
     let meta = &pod.metadata;
     let name = match (&meta.name, &meta.generate_name) {
         (Some(n), _) if !n.is_empty() => n.clone(),
-        (_, Some(g)) if !g.is_empty() => format!("{g}{}", &crate::pod_cli::random_suffix()),
+        (_, Some(g)) if !g.is_empty() => format!("{g}{}", crate::run_cli::random_id()),
         _ => bail!("{}: metadata.name is required", file.display()),
     };
     let spec = pod

@@ -120,7 +120,8 @@ const DEFAULT_CAPS: &[&str] = &[
 /// Where podlet's own containers keep runtime state.
 pub const DEFAULT_STATE: &str = "/run/podlet";
 
-fn random_id() -> String {
+/// Twelve random hex digits: container and generated names.
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 16];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut b);

@@ -17,24 +17,9 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Pod};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
-use master_env::Master;
+use master_env::{micro_now, Master};
 use serde_json::json;
-
-async fn client(m: &Master) -> Client {
-    let kc = Kubeconfig::read_from(m.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
-
-fn micro_now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
-        .to_string()
-}
 
 /// A simulated node: registers, renews its Lease, runs (pretends to) the pods bound to it.
 fn sim_node(c: Client, name: String, index: u8) -> tokio::task::JoinHandle<()> {
@@ -212,7 +197,7 @@ fn kubectl(m: &Master, dir: &std::path::Path, args: &[&str]) -> std::process::Ou
 async fn deployments_spread_roll_out_within_bounds_and_undo() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let c = client(&m).await;
+    let c = m.client().await;
     let sims = nodes(&c, 3).await;
     let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
@@ -405,7 +390,7 @@ async fn deployments_spread_roll_out_within_bounds_and_undo() {
 async fn a_lost_node_has_its_pods_recreated_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let c = client(&m).await;
+    let c = m.client().await;
     let mut sims = nodes(&c, 3).await;
     let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
@@ -462,7 +447,7 @@ async fn a_lost_node_has_its_pods_recreated_elsewhere() {
 async fn an_unschedulable_pod_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let c = client(&m).await;
+    let c = m.client().await;
     let sims = nodes(&c, 3).await;
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
     let huge: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"},
@@ -492,7 +477,7 @@ async fn an_autoscaler_scales_up_on_cpu_and_back_down_after_the_window() {
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let c = client(&m).await;
+    let c = m.client().await;
     let load: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(Some("100m".into())));
     let sims: Vec<_> = (0..3)
         .map(|i| sim_node_with_load(c.clone(), format!("node-{i}"), i, load.clone()))
@@ -557,7 +542,7 @@ fn podlet(m: &Master, args: &[&str]) -> std::process::Output {
 async fn podlet_client_commands_drive_a_rollout() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let c = client(&m).await;
+    let c = m.client().await;
     let sims = nodes(&c, 2).await;
     let manifest = dir.path().join("app.yaml");
     std::fs::write(&manifest, "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: site\nspec:\n  replicas: 3\n  selector:\n    matchLabels: {app: site}\n  template:\n    metadata:\n      labels: {app: site}\n    spec:\n      containers:\n      - {name: c, image: 'site:1', resources: {requests: {cpu: 100m}}}\n").unwrap();
@@ -652,7 +637,7 @@ async fn one_of_two_masters_on_etcd_leads_and_the_other_takes_over() {
         &dir.path().join("m2"),
         &["--etcd-endpoints", &etcd.endpoint, "--token", token.trim()],
     );
-    let c2 = client(&second).await;
+    let c2 = second.client().await;
     let leases: Api<Lease> = Api::namespaced(c2.clone(), "kube-system");
     wait_until("a leader", Duration::from_secs(20), || async {
         leases
@@ -716,7 +701,7 @@ async fn one_of_two_masters_on_etcd_leads_and_the_other_takes_over() {
 async fn recreate_pause_resume_and_progress_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let c = client(&m).await;
+    let c = m.client().await;
     let sims = nodes(&c, 2).await;
     let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");

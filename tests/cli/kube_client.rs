@@ -14,19 +14,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::Client;
+
 use master_env::Master;
 use serde_json::json;
-
-async fn client(m: &Master) -> Client {
-    let kc = Kubeconfig::read_from(m.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
 
 fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     let mut c = ConfigMap::default();
@@ -45,7 +36,7 @@ fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
 async fn typed_crud_and_patches() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let api: Api<ConfigMap> = Api::namespaced(client(&m).await, "default");
+    let api: Api<ConfigMap> = Api::namespaced(m.client().await, "default");
     let created = api
         .create(&PostParams::default(), &cm("one", &[("app", "a")]))
         .await
@@ -135,7 +126,7 @@ async fn typed_crud_and_patches() {
 async fn paging_is_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let api: Api<ConfigMap> = Api::namespaced(client(&m).await, "default");
+    let api: Api<ConfigMap> = Api::namespaced(m.client().await, "default");
     for i in 0..25 {
         api.create(
             &PostParams::default(),
@@ -183,7 +174,7 @@ async fn paging_is_consistent() {
 async fn reflector_follows_changes() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let api: Api<ConfigMap> = Api::namespaced(client(&m).await, "default");
+    let api: Api<ConfigMap> = Api::namespaced(m.client().await, "default");
     api.create(&PostParams::default(), &cm("before", &[("r", "yes")]))
         .await
         .unwrap();
@@ -273,7 +264,7 @@ async fn reflector_follows_changes() {
 async fn a_watch_from_a_too_old_revision_gets_410() {
     let dir = tempfile::tempdir().unwrap();
     let m = Master::start(&dir.path().join("m"), &[]);
-    let api: Api<ConfigMap> = Api::namespaced(client(&m).await, "default");
+    let api: Api<ConfigMap> = Api::namespaced(m.client().await, "default");
     let mut stream = api
         .watch(&WatchParams::default().timeout(5), "1")
         .await

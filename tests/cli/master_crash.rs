@@ -12,24 +12,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Client;
-use master_env::Master;
 
-async fn client(m: &Master) -> Client {
-    let kc = Kubeconfig::read_from(m.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(cfg).unwrap()
-}
+use master_env::Master;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("m");
     let mut m = Master::start(&data, &[]);
-    let api: Api<ConfigMap> = Api::namespaced(client(&m).await, "default");
+    let api: Api<ConfigMap> = Api::namespaced(m.client().await, "default");
     let acked: Arc<Mutex<Vec<(usize, String, i64)>>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -71,7 +62,7 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     );
 
     let m = Master::start(&data, &[]);
-    let api: Api<ConfigMap> = Api::namespaced(client(&m).await, "default");
+    let api: Api<ConfigMap> = Api::namespaced(m.client().await, "default");
     let stored: BTreeMap<String, i64> = api
         .list(&ListParams::default())
         .await

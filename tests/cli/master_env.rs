@@ -76,6 +76,27 @@ impl Master {
     }
 }
 
+impl Master {
+    /// A kube-rs client with the admin kubeconfig the master wrote.
+    #[allow(dead_code)] // not every test binary talks to the API through kube-rs
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let opts = kube::config::KubeConfigOptions::default();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
+            .await
+            .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+}
+
+/// Now as a Kubernetes MicroTime (a Lease's `renewTime`).
+#[allow(dead_code)] // used where Leases are renewed
+pub fn micro_now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
+}
+
 impl Drop for Master {
     fn drop(&mut self) {
         self.kill9();

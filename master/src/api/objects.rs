@@ -244,34 +244,11 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-fn selector_matches(selector: &Value, labels: &Value) -> bool {
-    let ml_ok = selector["matchLabels"]
-        .as_object()
-        .map(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
-        .unwrap_or(true);
-    let expr_ok = selector["matchExpressions"]
-        .as_array()
-        .map(|es| {
-            es.iter().all(|e| {
-                let key = e["key"].as_str().unwrap_or("");
-                let vals: Vec<&str> = e["values"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let have = labels.get(key).and_then(Value::as_str);
-                match e["operator"].as_str().unwrap_or("") {
-                    "In" => have.is_some_and(|h| vals.contains(&h)),
-                    "NotIn" => !have.is_some_and(|h| vals.contains(&h)),
-                    "Exists" => have.is_some(),
-                    "DoesNotExist" => have.is_none(),
-                    _ => false,
-                }
-            })
-        })
-        .unwrap_or(true);
-    ml_ok && expr_ok
+/// Whether a `LabelSelector` object selects a template's labels (an empty or malformed
+/// selector selects nothing).
+fn selector_matches(selector: &Value, template: &Value) -> bool {
+    crate::selector::selector_of(selector)
+        .is_some_and(|s| s.matches(&crate::selector::labels_of(template)))
 }
 
 /// Kind-specific validation.
@@ -300,7 +277,7 @@ pub fn validate(r: &Resource, obj: &Value) -> Result<(), ApiError> {
                         .is_none_or(|m| m.is_empty()))
             {
                 causes.push(Cause::required("spec.selector"));
-            } else if !selector_matches(sel, &obj["spec"]["template"]["metadata"]["labels"]) {
+            } else if !selector_matches(sel, &obj["spec"]["template"]) {
                 causes.push(Cause::invalid(
                     "spec.template.metadata.labels",
                     obj["spec"]["template"]["metadata"]["labels"].to_string(),

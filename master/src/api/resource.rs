@@ -79,7 +79,8 @@ pub fn parse_path(path: &str) -> Result<Target, ApiError> {
     })
 }
 
-fn q<'a>(query: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
+/// A non-empty query parameter.
+pub(crate) fn q<'a>(query: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
     query.get(k).map(String::as_str).filter(|s| !s.is_empty())
 }
 
@@ -375,16 +376,9 @@ async fn list(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if q(query, "sendInitialEvents").is_some() {
-        return Err(ApiError::Invalid {
-            kind: "ListOptions".into(),
-            group: "meta.k8s.io".into(),
-            name: String::new(),
-            causes: vec![super::status::Cause::invalid(
-                "sendInitialEvents",
-                "true",
-                "sendInitialEvents is forbidden for list",
-            )],
-        });
+        return Err(refuse_initial_events(
+            "sendInitialEvents is forbidden for list",
+        ));
     }
     let filter = Filter::parse(q(query, "labelSelector"), q(query, "fieldSelector"))?;
     let limit: usize = match q(query, "limit") {
@@ -492,6 +486,20 @@ async fn list(
         StatusCode::OK,
         &json!({"kind": t.resource.list_kind(), "apiVersion": t.resource.api_version(), "metadata": meta, "items": items}),
     ))
+}
+
+/// The 422 for `sendInitialEvents` (streaming lists): clients then list and watch instead.
+pub(crate) fn refuse_initial_events(why: &str) -> ApiError {
+    ApiError::Invalid {
+        kind: "ListOptions".into(),
+        group: "meta.k8s.io".into(),
+        name: String::new(),
+        causes: vec![super::status::Cause::invalid(
+            "sendInitialEvents",
+            "true",
+            why,
+        )],
+    }
 }
 
 /// Makes sure the namespace of a new object exists and is not terminating.

@@ -15,15 +15,11 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use super::filter::Filter;
-use super::resource::Target;
+use super::resource::{q, Target};
 use super::server::AppState;
 use super::status::ApiError;
 use super::table;
 use super::watch_cache::CachedEvent;
-
-fn q<'a>(query: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
-    query.get(k).map(String::as_str).filter(|s| !s.is_empty())
-}
 
 fn expired(msg: String) -> Value {
     json!({"type": "ERROR", "object": ApiError::Expired(msg).status()})
@@ -37,16 +33,9 @@ pub async fn watch(
     as_table: bool,
 ) -> Result<Response, ApiError> {
     if matches!(q(query, "sendInitialEvents"), Some("true")) {
-        return Err(ApiError::Invalid {
-            kind: "ListOptions".into(),
-            group: "meta.k8s.io".into(),
-            name: String::new(),
-            causes: vec![super::status::Cause::invalid(
-                "sendInitialEvents",
-                "true",
-                "sendInitialEvents is not supported; list, then watch from the list's resourceVersion",
-            )],
-        });
+        return Err(super::resource::refuse_initial_events(
+            "sendInitialEvents is not supported; list, then watch from the list's resourceVersion",
+        ));
     }
     let filter = Filter::parse(q(query, "labelSelector"), q(query, "fieldSelector"))?;
     // At most an hour; clients re-watch from their last resourceVersion.

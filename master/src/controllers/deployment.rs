@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::replicaset::{labels, selector_of};
 use super::{
     controlled_by, controller_of, level_loop, pod_ready, res, terminating, triggers, Ctx, Informer,
 };
+use crate::selector::{labels_of as labels, selector_of};
 
 /// The revision annotation.
 pub const REVISION: &str = "deployment.kubernetes.io/revision";

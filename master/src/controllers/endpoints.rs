@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::replicaset::{labels, selector_of};
 use super::{level_loop, pod_ready, res, terminating, triggers, Ctx, Informer};
+use crate::selector::{labels_of as labels, selector_of};
 
 fn target_port(port: &Value, pod: &Value) -> Option<i64> {
     match &port["targetPort"] {

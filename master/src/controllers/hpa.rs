@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::replicaset::{labels, selector_of};
 use super::scheduler::quantity;
 use super::{pod_ready, res, terminating, Ctx, Informer};
+use crate::selector::{labels_of as labels, selector_of};
 
 /// The pod annotation agents report CPU usage in.
 pub const CPU_USAGE: &str = "metrics.podlet.io/cpu-usage";

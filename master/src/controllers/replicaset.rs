@@ -14,7 +14,7 @@ use super::{
     controlled_by, controller_of, level_loop, pod_finished, pod_ready, res, terminating, triggers,
     Ctx, Informer,
 };
-use crate::selector::Selector;
+use crate::selector::{labels_of as labels, selector_of};
 
 /// Writes made but not yet observed, per ReplicaSet uid.
 #[derive(Debug, Default)]
@@ -35,50 +35,6 @@ impl Expectations {
         d.retain(|name, t| seen.contains(name) && now.duration_since(*t) < EXPECTATION_TTL);
         (c.len(), d.keys().cloned().collect())
     }
-}
-
-/// A label selector object (`matchLabels` + `matchExpressions`) as a [`Selector`].
-pub fn selector_of(sel: &Value) -> Option<Selector> {
-    let mut parts: Vec<String> = sel["matchLabels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect()
-        })
-        .unwrap_or_default();
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let key = e["key"].as_str().unwrap_or("");
-        let vals: Vec<&str> = e["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        parts.push(match e["operator"].as_str().unwrap_or("") {
-            "In" => format!("{key} in ({})", vals.join(",")),
-            "NotIn" => format!("{key} notin ({})", vals.join(",")),
-            "Exists" => key.to_string(),
-            "DoesNotExist" => format!("!{key}"),
-            _ => return None,
-        });
-    }
-    if parts.is_empty() {
-        return None; // an empty selector selects nothing for controllers
-    }
-    Selector::parse(&parts.join(",")).ok()
-}
-
-/// The labels of an object as a map.
-pub fn labels(obj: &Value) -> std::collections::BTreeMap<String, String> {
-    obj["metadata"]["labels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn owner_ref(kind: &str, api_version: &str, obj: &Value) -> Value {

@@ -19,7 +19,7 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Parses a Kubernetes quantity into a number (CPU in cores, memory in bytes).
 pub fn quantity(q: &str) -> Option<f64> {
     let t = q.trim();
-    let suffixes: [(&str, f64); 13] = [
+    let suffixes: [(&str, f64); 15] = [
         ("Ki", 1024.0),
         ("Mi", 1048576.0),
         ("Gi", 1073741824.0),
@@ -33,6 +33,8 @@ pub fn quantity(q: &str) -> Option<f64> {
         ("M", 1e6),
         ("G", 1e9),
         ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
     ];
     for (s, mult) in suffixes {
         if let Some(num) = t.strip_suffix(s) {
@@ -125,14 +127,7 @@ fn node_info(n: &Value) -> NodeInfo {
     };
     NodeInfo {
         name: n["metadata"]["name"].as_str().unwrap_or("").to_string(),
-        labels: n["metadata"]["labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        labels: crate::selector::labels_of(n),
         ready: n["status"]["conditions"].as_array().is_some_and(|cs| {
             cs.iter()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True")

@@ -44,6 +44,30 @@ fn kv_of(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
+/// The condition of a conditional write: the key at revision `expected`, or just existing.
+fn precondition(key: &str, expected: Option<i64>) -> Compare {
+    match expected {
+        Some(e) => Compare::mod_revision(key, CompareOp::Equal, e),
+        None => Compare::create_revision(key, CompareOp::Greater, 0),
+    }
+}
+
+/// Why a conditional write's transaction took its `else` branch (which read the key).
+fn failed_precondition(key: &str, expected: Option<i64>, ops: Vec<TxnOpResponse>) -> StoreError {
+    let cur = ops.into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().map(kv_of),
+        _ => None,
+    });
+    match cur {
+        None => StoreError::NotFound(key.to_string()),
+        Some(c) => StoreError::Conflict {
+            key: key.to_string(),
+            expected: expected.unwrap_or(0),
+            actual: c.mod_revision,
+        },
+    }
+}
+
 /// An etcd-backed [`Store`].
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -104,10 +128,7 @@ impl Store for EtcdStore {
         expected: Option<i64>,
     ) -> Result<i64, StoreError> {
         let mut kv = self.client.kv_client();
-        let cond = match expected {
-            Some(e) => Compare::mod_revision(key, CompareOp::Equal, e),
-            None => Compare::create_revision(key, CompareOp::Greater, 0),
-        };
+        let cond = precondition(key, expected);
         let txn = Txn::new()
             .when([cond])
             .and_then([TxnOp::put(key, value, None)])
@@ -116,18 +137,7 @@ impl Store for EtcdStore {
         if r.succeeded() {
             return Ok(r.header().map(|h| h.revision()).unwrap_or(0));
         }
-        let cur = r.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(g) => g.kvs().first().map(kv_of),
-            _ => None,
-        });
-        match cur {
-            None => Err(StoreError::NotFound(key.to_string())),
-            Some(c) => Err(StoreError::Conflict {
-                key: key.to_string(),
-                expected: expected.unwrap_or(0),
-                actual: c.mod_revision,
-            }),
-        }
+        Err(failed_precondition(key, expected, r.op_responses()))
     }
 
     async fn delete(
@@ -136,10 +146,7 @@ impl Store for EtcdStore {
         expected: Option<i64>,
     ) -> Result<(KeyValue, i64), StoreError> {
         let mut kv = self.client.kv_client();
-        let cond = match expected {
-            Some(e) => Compare::mod_revision(key, CompareOp::Equal, e),
-            None => Compare::create_revision(key, CompareOp::Greater, 0),
-        };
+        let cond = precondition(key, expected);
         let txn = Txn::new()
             .when([cond])
             .and_then([TxnOp::delete(
@@ -160,18 +167,7 @@ impl Store for EtcdStore {
                 .map(|p| (p, rev))
                 .ok_or_else(|| StoreError::NotFound(key.to_string()));
         }
-        let cur = ops.into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(g) => g.kvs().first().map(kv_of),
-            _ => None,
-        });
-        match cur {
-            None => Err(StoreError::NotFound(key.to_string())),
-            Some(c) => Err(StoreError::Conflict {
-                key: key.to_string(),
-                expected: expected.unwrap_or(0),
-                actual: c.mod_revision,
-            }),
-        }
+        Err(failed_precondition(key, expected, ops))
     }
 
     async fn list(
