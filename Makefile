@@ -27,7 +27,7 @@ install: release
 	ln -sf podlet $(DESTDIR)$(PREFIX)/bin/podlet-runc
 	install -D -m 0755 target/release/podlet-cni $(DESTDIR)$(CNI_BIN)/podlet-cni
 
-# The whole suite: unit, host (root), UML cgroup v2 and multi-node tiers, wrapped by the
+# The whole suite: unit, host (root), cgroup v2 (UML or QEMU VM) and multi-node tiers, wrapped by the
 # leak guard, which fails the run if anything was left behind. Ends with one summary line.
 test: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test: run as root (namespaces, mounts, cgroups)" >&2; exit 1; fi
@@ -38,6 +38,9 @@ test: build
 	status=0; \
 	$(CARGO) test --workspace --no-fail-fast 2>&1 | tee $$log; status=$${PIPESTATUS[0]}; \
 	./target/debug/podlet-leak-guard check || status=1; \
+	vmfile=target/debug/podlet-vm-cache/backend-$$PODLET_TEST_RUN; \
+	echo "cgroup v2 tier: VM backend $$(cat $$vmfile 2>/dev/null || echo 'not used') ($${PODLET_TEST_VM:+forced}$${PODLET_TEST_VM:-probed})"; \
+	rm -f $$vmfile $$vmfile.lock; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed;?$$/) p += $$(i-1); if ($$i ~ /^failed;?$$/) f += $$(i-1) } } END { printf "podlet: %d passed, %d failed\n", p, f }' $$log; \
 	exit $$status
 

@@ -17,7 +17,9 @@ PACKAGES=(
     iproute2          # ip(8), used by the multi-node test tier
     util-linux        # nsenter, unshare
     busybox-static    # a static rootfs for containers, and ping for network tests
-    user-mode-linux   # the cgroup v2 test tier
+    user-mode-linux   # the cgroup v2 test tier (VM backend where it boots)
+    qemu-system-x86   # the cgroup v2 test tier where UML cannot boot (AMX CPUs), under TCG
+    linux-image-amd64 # the kernel QEMU boots (only its files are used; the host keeps its own)
     libseccomp-dev    # linux.seccomp is compiled with libseccomp
     podman            # drives podlet-runc in the compatibility test
     skopeo            # pushes images to the test registry

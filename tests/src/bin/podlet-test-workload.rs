@@ -4,6 +4,7 @@
 //! - `alloc MIB`: allocates and touches MIB mebibytes, 1 MiB at a time, printing progress.
 //! - `fork N`: forks N sleeping children, prints how many succeeded, reaps them; exit 3 if a
 //!   fork failed.
+//! - `spin MS`: keeps one CPU busy for MS milliseconds of wall time, then prints `spun`.
 //! - `netns-holder`: unshares a network namespace, prints `ready`, and sleeps until killed.
 //! - `sleep`: sleeps until killed.
 
@@ -57,6 +58,16 @@ fn fork_children(n: usize) -> ExitCode {
     }
 }
 
+fn spin(ms: usize) -> ExitCode {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+    let mut n: u64 = 0;
+    while std::time::Instant::now() < until {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+    println!("spun {n} iterations");
+    ExitCode::SUCCESS
+}
+
 fn sleep_forever() -> ExitCode {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
@@ -75,6 +86,10 @@ fn main() -> ExitCode {
             Some(n) => fork_children(n),
             None => usage(),
         },
+        Some("spin") => match num(args.get(1)) {
+            Some(ms) => spin(ms),
+            None => usage(),
+        },
         Some("netns-holder") => {
             if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
                 eprintln!("podlet-test-workload: unshare(CLONE_NEWNET): {e}");
@@ -90,6 +105,6 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: podlet-test-workload alloc MIB | fork N | netns-holder | sleep");
+    eprintln!("usage: podlet-test-workload alloc MIB | fork N | spin MS | netns-holder | sleep");
     ExitCode::from(2)
 }

@@ -1,4 +1,5 @@
-//! cgroup v2 tier for the runtime: inside User-Mode Linux (real cgroup v2 controllers), the
+//! cgroup v2 tier for the runtime: inside a VM with real cgroup v2 controllers (UML, or QEMU
+//! where UML cannot boot), the
 //! resources in a bundle become v2 files and are enforced, `update` changes them, and
 //! `events --stats` reads them back. The host's cgroup2 has no controllers, so this cannot
 //! run on the host itself.
@@ -9,7 +10,7 @@ mod runc_env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use podlet_testkit::uml::{self, UmlConfig};
+use podlet_testkit::vm::{self, VmConfig};
 use runc_env::{stderr, stdout, Env};
 use serde_json::{json, Value};
 
@@ -38,9 +39,9 @@ fn cgroup_dir(env: &Env, id: &str) -> PathBuf {
 }
 
 #[test]
-#[ignore = "runs inside User-Mode Linux; driven by uml_runtime_maps_and_enforces_v2_resources"]
-fn inside_uml_runtime_v2_resources() {
-    assert!(uml::in_uml(), "only meaningful inside the UML tier");
+#[ignore = "runs inside the cgroup v2 VM; driven by runtime_maps_and_enforces_v2_resources"]
+fn inside_vm_runtime_v2_resources() {
+    assert!(vm::in_vm(), "only meaningful inside the cgroup v2 VM");
     let mut env = Env::new();
     env.set_config(|c| {
         c["root"]["readonly"] = json!(false);
@@ -151,16 +152,17 @@ fn inside_uml_runtime_v2_resources() {
     );
     assert_eq!(ev["data"]["pids"]["limit"], 16, "{ev}");
     assert!(env.runc(&["delete", "--force", &id2]).status.success());
-    env.assert_nothing_left("uml runtime");
+    env.assert_nothing_left("cgroup v2 runtime");
 }
 
 #[test]
-fn uml_runtime_maps_and_enforces_v2_resources() {
-    let outcome = uml::run_test("inside_uml_runtime_v2_resources", &UmlConfig::default())
-        .expect("UML tier must boot");
+fn runtime_maps_and_enforces_v2_resources() {
+    let outcome = vm::run_test("inside_vm_runtime_v2_resources", &VmConfig::default())
+        .expect("the cgroup v2 VM must boot");
     assert!(
         outcome.success() && outcome.output.contains("1 passed"),
-        "inside UML (status {}):\n{}",
+        "inside {} (status {}):\n{}",
+        outcome.backend,
         outcome.status,
         outcome.output
     );

@@ -1,5 +1,5 @@
 //! cgroup v2 tier: limits that the host cannot enforce (its cgroup2 has no controllers) are
-//! set and enforced for real inside User-Mode Linux.
+//! set and enforced for real inside a VM (User-Mode Linux, or QEMU where UML cannot boot).
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use podlet_runtime::cgroups::{CgroupRoot, HierarchyRoot};
-use podlet_testkit::uml::{self, UmlConfig, UmlError};
+use podlet_testkit::vm::{self, Backend, VmConfig, VmError};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_podlet-test-workload");
 
@@ -53,14 +53,14 @@ impl Drop for CgroupGuard<'_> {
 }
 
 #[test]
-#[ignore = "runs inside User-Mode Linux; driven by uml_memory_and_pids_limits_are_enforced"]
-fn inside_uml_memory_and_pids_limits() {
+#[ignore = "runs inside the cgroup v2 VM; driven by memory_pids_and_cpu_limits_are_enforced"]
+fn inside_vm_memory_pids_and_cpu_limits() {
     assert!(
-        uml::in_uml(),
-        "this test only makes sense inside the UML tier"
+        vm::in_vm(),
+        "this test only makes sense inside the cgroup v2 VM"
     );
     let root = CgroupRoot::discover(None).expect("discover cgroup root");
-    let v2 = root.unified().expect("cgroup2 mounted in UML");
+    let v2 = root.unified().expect("cgroup2 mounted in the VM");
     assert!(v2.root_dir.starts_with(&v2.own_dir) && v2.root_dir != v2.own_dir);
     let dir = v2.container_dir("/limits-test").unwrap();
     v2.create_dir(&dir).unwrap();
@@ -68,8 +68,11 @@ fn inside_uml_memory_and_pids_limits() {
         hierarchy: v2,
         dir: dir.clone(),
     };
-    fs::write(v2.root_dir.join("cgroup.subtree_control"), "+memory +pids")
-        .expect("enable controllers in podlet's root");
+    fs::write(
+        v2.root_dir.join("cgroup.subtree_control"),
+        "+memory +pids +cpu",
+    )
+    .expect("enable controllers in podlet's root");
     fs::write(dir.join("memory.max"), (32u64 << 20).to_string()).unwrap();
     fs::write(dir.join("pids.max"), "16").unwrap();
     if dir.join("memory.swap.max").exists() {
@@ -132,15 +135,39 @@ fn inside_uml_memory_and_pids_limits() {
         event_count(&dir, "pids.events", "max ") >= 1,
         "pids.events shows no max event"
     );
+
+    // cpu.max: a process that would use a whole CPU for 1.5 s gets at most 10 % of it.
+    fs::write(dir.join("cpu.max"), "10000 100000").unwrap();
+    assert_eq!(
+        fs::read_to_string(dir.join("cpu.max")).unwrap().trim(),
+        "10000 100000"
+    );
+    let before = event_count(&dir, "cpu.stat", "usage_usec ");
+    let wall = std::time::Instant::now();
+    let spin = run_in_cgroup(&dir, &["spin", "1500"]);
+    let wall_usec = wall.elapsed().as_micros() as u64;
+    assert!(spin.status.success(), "spin failed: {spin:?}");
+    let used = event_count(&dir, "cpu.stat", "usage_usec ") - before;
+    assert!(
+        event_count(&dir, "cpu.stat", "nr_throttled ") >= 1
+            && event_count(&dir, "cpu.stat", "throttled_usec ") > 0,
+        "cpu.max did not throttle: {}",
+        fs::read_to_string(dir.join("cpu.stat")).unwrap_or_default()
+    );
+    assert!(
+        used * 100 <= wall_usec * 30,
+        "a 10 % quota used {used} us of CPU in {wall_usec} us"
+    );
 }
 
 #[test]
-fn uml_memory_and_pids_limits_are_enforced() {
-    let outcome = uml::run_test("inside_uml_memory_and_pids_limits", &UmlConfig::default())
-        .expect("UML tier must boot");
+fn memory_pids_and_cpu_limits_are_enforced() {
+    let outcome = vm::run_test("inside_vm_memory_pids_and_cpu_limits", &VmConfig::default())
+        .expect("the cgroup v2 VM must boot");
     assert!(
         outcome.success(),
-        "test failed inside UML (status {}):\n{}",
+        "test failed inside {} (status {}):\n{}",
+        outcome.backend,
         outcome.status,
         outcome.output
     );
@@ -152,44 +179,53 @@ fn uml_memory_and_pids_limits_are_enforced() {
 }
 
 #[test]
-#[ignore = "runs inside User-Mode Linux; a deliberate failure for uml_failures_inside_fail_the_host_test"]
-fn inside_uml_deliberate_failure() {
-    assert!(uml::in_uml());
-    panic!("deliberate failure inside UML");
+#[ignore = "runs inside the cgroup v2 VM; a deliberate failure for failures_inside_fail_the_host_test"]
+fn inside_vm_deliberate_failure() {
+    assert!(vm::in_vm());
+    panic!("deliberate failure inside the VM");
 }
 
 #[test]
-fn uml_failures_inside_fail_the_host_test() {
-    let outcome = uml::run_test("inside_uml_deliberate_failure", &UmlConfig::default())
-        .expect("UML tier must boot");
+fn failures_inside_fail_the_host_test() {
+    let outcome = vm::run_test("inside_vm_deliberate_failure", &VmConfig::default())
+        .expect("the cgroup v2 VM must boot");
     assert!(
         !outcome.success(),
-        "a failing test inside UML was reported as passing"
+        "a failing test inside {} was reported as passing",
+        outcome.backend
     );
     assert!(
-        outcome.output.contains("deliberate failure inside UML"),
+        outcome.output.contains("deliberate failure inside the VM"),
         "{}",
         outcome.output
     );
 }
 
 #[test]
-fn uml_that_does_not_boot_is_an_error_not_a_skip() {
-    let missing = UmlConfig {
-        kernel: PathBuf::from("/nonexistent/linux.uml"),
-        ..UmlConfig::default()
+fn a_guest_that_does_not_boot_is_an_error_not_a_skip() {
+    let backend = vm::selected_backend().expect("a VM backend");
+    let missing = VmConfig {
+        backend: Some(backend),
+        uml_kernel: PathBuf::from("/nonexistent/linux.uml"),
+        qemu: PathBuf::from("/nonexistent/qemu-system-x86_64"),
+        ..VmConfig::default()
     };
     assert!(matches!(
-        uml::run(Path::new("/bin/true"), &[], &missing),
-        Err(UmlError::Spawn { .. })
+        vm::run(Path::new("/bin/true"), &[], &missing),
+        Err(VmError::Spawn { .. })
     ));
     // A kernel that starts but never reaches init (no such init) must not look like a pass.
-    let no_init = UmlConfig {
+    let no_init = VmConfig {
+        backend: Some(backend),
         init_override: Some(PathBuf::from("/nonexistent-init")),
-        timeout: std::time::Duration::from_secs(60),
-        ..UmlConfig::default()
+        timeout: Some(std::time::Duration::from_secs(if backend == Backend::Uml {
+            60
+        } else {
+            180
+        })),
+        ..VmConfig::default()
     };
-    let err = uml::run(Path::new("/bin/true"), &[], &no_init)
-        .expect_err("a guest without init must fail");
-    assert!(matches!(err, UmlError::NoBoot { .. }), "{err}");
+    let err =
+        vm::run(Path::new("/bin/true"), &[], &no_init).expect_err("a guest without init must fail");
+    assert!(matches!(err, VmError::NoBoot { .. }), "{err}");
 }
