@@ -39,7 +39,7 @@ test: build
 	$(CARGO) test --workspace --no-fail-fast 2>&1 | tee $$log; status=$${PIPESTATUS[0]}; \
 	./target/debug/podlet-leak-guard check || status=1; \
 	vmfile=target/debug/podlet-vm-cache/backend-$$PODLET_TEST_RUN; \
-	echo "cgroup v2 tier: VM backend $$(cat $$vmfile 2>/dev/null || echo 'not used') ($${PODLET_TEST_VM:+forced}$${PODLET_TEST_VM:-probed})"; \
+	echo "cgroup v2 tier: VM backend $$(cat $$vmfile 2>/dev/null || echo 'not used') ($$([ -n "$${PODLET_TEST_VM:-}" ] && echo forced || echo probed))"; \
 	rm -f $$vmfile $$vmfile.lock; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed;?$$/) p += $$(i-1); if ($$i ~ /^failed;?$$/) f += $$(i-1) } } END { printf "podlet: %d passed, %d failed\n", p, f }' $$log; \
 	exit $$status
