@@ -10,7 +10,6 @@ use podlet_runtime::kernel_check;
 
 mod image_cli;
 mod kube_cli;
-mod monitor;
 mod pod_cli;
 mod pod_manifest;
 mod progress;
@@ -378,7 +377,7 @@ fn main() -> ExitCode {
             *all,
             format,
         ),
-        Command::Logs { follow, name } => run_cli::logs(&cli.root, name, *follow),
+        Command::Logs { follow, name } => run_cli::logs(&cli.root, &cli.state, name, *follow),
         Command::Stop { time, names } => run_cli::stop(
             &cli.root,
             &cli.state,
@@ -397,9 +396,9 @@ fn main() -> ExitCode {
         Command::Inspect { names } => {
             run_cli::inspect(&cli.root, &cli.state, cli.cgroup_root.as_deref(), names)
         }
-        Command::Monitor { dir } => {
-            monitor::run(dir).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
-        }
+        Command::Monitor { dir } => podlet_runtime::engine::monitor::run(dir)
+            .map(|code| ExitCode::from(code.clamp(0, 255) as u8))
+            .map_err(anyhow::Error::from),
         Command::Pod(cmd) => pod_cli::run(
             pod_cli::Paths {
                 root: &cli.root,

@@ -1,14 +1,14 @@
 //! `podlet pod …`: pods for people (a sandbox holding the shared namespaces, attached to a CNI
-//! network, and containers joining it), plus the bookkeeping `podlet run --pod` and
-//! `--network bridge` share: which pod a container belongs to, and leaving it on removal.
+//! network, and containers joining it); the engine does the work, this file parses and prints.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use podlet_runtime::pod::{cni, PodNetwork, PodSpec, PodState, Pods};
-use serde::{Deserialize, Serialize};
+use podlet_runtime::pod::{cni, PodNetwork, PodSpec};
 use serde_json::json;
 
 /// Where CNI configurations and plugins are found.
@@ -38,25 +38,11 @@ impl CniArgs {
 
     /// The pod network for a `--network` value.
     pub fn network(&self, value: &str) -> Result<PodNetwork> {
-        Ok(match value {
-            "none" => PodNetwork::None,
-            "host" => PodNetwork::Host,
-            name => {
-                let name = if name == "bridge" {
-                    cni::DEFAULT_NETWORK
-                } else {
-                    name
-                };
-                if name.is_empty() || name.contains('/') {
-                    bail!("--network {value:?}: expected none, host, bridge or a CNI network name");
-                }
-                PodNetwork::Cni {
-                    name: name.to_string(),
-                    conf_dir: self.cni_conf_dir.clone(),
-                    plugin_dirs: self.plugin_dirs(),
-                }
-            }
-        })
+        Ok(podlet_runtime::engine::pod_network(
+            value,
+            &self.cni_conf_dir,
+            self.plugin_dirs(),
+        )?)
     }
 }
 
@@ -127,52 +113,6 @@ pub struct CreateArgs {
     cni: CniArgs,
 }
 
-/// Which pod a container belongs to (`containers/<name>/pod.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Membership {
-    /// The pod's name.
-    pub pod: String,
-    /// Created for this one container (`podlet run --network bridge`): removed with it.
-    pub implicit: bool,
-}
-
-/// Records that the container whose snapshot is `dir` belongs to `pod`.
-pub fn record_membership(dir: &Path, m: &Membership) -> Result<()> {
-    std::fs::write(dir.join("pod.json"), serde_json::to_vec(m)?)?;
-    Ok(())
-}
-
-/// The pod a container's snapshot directory belongs to, if any.
-pub fn membership(dir: &Path) -> Option<Membership> {
-    serde_json::from_slice(&std::fs::read(dir.join("pod.json")).ok()?).ok()
-}
-
-/// Takes the container `id` out of its pod; an implicit pod is removed with it (network
-/// released). Call when the container is removed.
-pub fn leave_pod(state: &Path, dir: &Path, id: &str) -> Result<()> {
-    let Some(m) = membership(dir) else {
-        return Ok(());
-    };
-    let pods = Pods::new(state);
-    if m.implicit {
-        match pods.remove(&m.pod) {
-            Ok(()) | Err(podlet_runtime::pod::PodError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    } else {
-        match pods.remove_container(&m.pod, id) {
-            Ok(()) | Err(podlet_runtime::pod::PodError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-/// Creates a pod whose sandbox is this binary's hidden `pause` subcommand.
-pub fn create_pod(state: &Path, spec: &PodSpec) -> Result<PodState> {
-    let exe = std::env::current_exe().context("locate the podlet binary")?;
-    Ok(Pods::new(state).create(spec, &exe, &["pause"])?)
-}
-
 fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
     labels
         .iter()
@@ -196,6 +136,7 @@ pub struct Paths<'a> {
 
 /// Runs one `podlet pod` subcommand.
 pub fn run(p: Paths<'_>, cmd: &PodCommand) -> Result<ExitCode> {
+    let engine = || crate::run_cli::engine(p.root, p.state, p.cgroup_root);
     match cmd {
         PodCommand::Create(a) => {
             let name = a.name.clone().unwrap_or_else(crate::run_cli::random_id);
@@ -205,17 +146,17 @@ pub fn run(p: Paths<'_>, cmd: &PodCommand) -> Result<ExitCode> {
                 network: a.cni.network(&a.network)?,
                 labels: parse_labels(&a.labels)?,
             };
-            let st = create_pod(p.state, &spec)?;
+            let st = engine()?.create_pod(&spec)?;
             println!("{}", st.name);
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Run { file, network, cni } => crate::pod_manifest::run(p, file, network, cni),
         PodCommand::Ps { format } => ps(p, format),
         PodCommand::Inspect { names } => {
-            let pods = Pods::new(p.state);
+            let engine = engine()?;
             let mut out = Vec::new();
             for n in names {
-                let st = pods.load(n)?;
+                let st = engine.pod(n)?;
                 let mut v = serde_json::to_value(&st)?;
                 v["running"] = json!(st.is_running());
                 out.push(v);
@@ -223,36 +164,23 @@ pub fn run(p: Paths<'_>, cmd: &PodCommand) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(ExitCode::SUCCESS)
         }
-        PodCommand::Stop { time, names } => Ok(crate::run_cli::for_each_name(names, |n| {
-            stop_pod(p, n, *time)
-        })),
-        PodCommand::Rm { force, names } => Ok(crate::run_cli::for_each_name(names, |n| {
-            let pods = Pods::new(p.state);
-            let st = pods.load(n)?;
-            if st.is_running() && !force {
-                bail!("pod {n} is running: stop it first or use --force");
-            }
-            stop_pod(p, n, 0)?;
-            if !st.containers.is_empty() {
-                crate::run_cli::remove_containers(p, &st.containers)?;
-            }
-            pods.remove(n)?;
-            Ok(())
-        })),
+        PodCommand::Stop { time, names } => {
+            let engine = engine()?;
+            Ok(crate::run_cli::for_each_name(names, |n| {
+                Ok(engine.stop_pod(n, Duration::from_secs(*time))?)
+            }))
+        }
+        PodCommand::Rm { force, names } => {
+            let engine = engine()?;
+            Ok(crate::run_cli::for_each_name(names, |n| {
+                Ok(engine.remove_pod(n, *force)?)
+            }))
+        }
     }
 }
 
-/// Stops a pod's containers, then its network and sandbox.
-fn stop_pod(p: Paths<'_>, name: &str, timeout: u64) -> Result<()> {
-    let pods = Pods::new(p.state);
-    let st = pods.load(name)?;
-    crate::run_cli::stop_containers(p, &st.containers, timeout)?;
-    pods.stop(name)?;
-    Ok(())
-}
-
 fn ps(p: Paths<'_>, format: &str) -> Result<ExitCode> {
-    let pods = Pods::new(p.state).list()?;
+    let pods = crate::run_cli::engine(p.root, p.state, p.cgroup_root)?.list_pods()?;
     if format == "json" {
         let rows: Vec<_> = pods
             .iter()

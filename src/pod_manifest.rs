@@ -7,10 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::{Container, Pod};
-use podlet_runtime::pod::{PodSpec, Pods};
+use podlet_runtime::engine::{BindMount, ContainerConfig};
+use podlet_runtime::pod::PodSpec;
+use podlet_runtime::ports::PortMapping;
 
-use crate::pod_cli::{create_pod, CniArgs, Paths};
-use crate::run_cli::RunArgs;
+use crate::pod_cli::{CniArgs, Paths};
 
 /// Reads a Pod manifest (YAML or JSON; `-` is stdin).
 pub fn read_manifest(file: &Path) -> Result<Pod> {
@@ -39,8 +40,8 @@ pub fn parse_quantity(q: &str) -> Result<f64> {
         .with_context(|| format!("invalid quantity {q:?} (expected e.g. 128Mi, 1G, 500m, 2)"))
 }
 
-/// The `podlet run` arguments for one container of the pod.
-fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
+/// The engine's config for one container of the pod.
+fn container_config(pod: &str, c: &Container) -> Result<ContainerConfig> {
     let ctx = |what: &str| format!("container {:?}: {what}", c.name);
     let image = c
         .image
@@ -48,7 +49,7 @@ fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
         .filter(|i| !i.is_empty())
         .with_context(|| ctx("missing image"))?;
     let (entrypoint, mut command) = match c.command.as_deref() {
-        Some([first, rest @ ..]) => (Some(first.clone()), rest.to_vec()),
+        Some([first, rest @ ..]) => (Some(vec![first.clone()]), rest.to_vec()),
         _ => (None, Vec::new()),
     };
     command.extend(c.args.clone().unwrap_or_default());
@@ -66,29 +67,32 @@ fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
             e.value.clone().unwrap_or_default()
         ));
     }
-    let mut a = RunArgs {
-        detach: true,
+    if let Some(w) = &c.working_dir {
+        if !w.starts_with('/') {
+            bail!(ctx(&format!("workingDir {w:?}: must be an absolute path")));
+        }
+    }
+    let mut cfg = ContainerConfig {
         name: Some(format!("{pod}-{}", c.name)),
+        image,
+        entrypoint,
+        command,
         env,
         workdir: c.working_dir.clone(),
-        entrypoint,
-        image,
-        command,
         pod: Some(pod.to_string()),
-        cni: cni.clone(),
-        ..RunArgs::default()
+        ..ContainerConfig::default()
     };
     if let Some(sc) = &c.security_context {
         if let Some(uid) = sc.run_as_user {
-            a.user = Some(match sc.run_as_group {
+            cfg.user = Some(match sc.run_as_group {
                 Some(g) => format!("{uid}:{g}"),
                 None => uid.to_string(),
             });
         }
-        a.read_only = sc.read_only_root_filesystem.unwrap_or(false);
+        cfg.read_only = sc.read_only_root_filesystem.unwrap_or(false);
         if let Some(caps) = &sc.capabilities {
-            a.cap_add = caps.add.clone().unwrap_or_default();
-            a.cap_drop = caps.drop.clone().unwrap_or_default();
+            cfg.cap_add = caps.add.clone().unwrap_or_default();
+            cfg.cap_drop = caps.drop.clone().unwrap_or_default();
         }
         if sc.privileged == Some(true) {
             bail!(ctx(
@@ -98,12 +102,15 @@ fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
     }
     if let Some(limits) = c.resources.as_ref().and_then(|r| r.limits.as_ref()) {
         if let Some(m) = limits.get("memory") {
-            a.memory = Some(
-                (parse_quantity(&m.0).with_context(|| ctx("memory limit"))? as i64).to_string(),
-            );
+            cfg.resources.memory_bytes =
+                Some(parse_quantity(&m.0).with_context(|| ctx("memory limit"))? as i64);
         }
         if let Some(cpu) = limits.get("cpu") {
-            a.cpus = Some(parse_quantity(&cpu.0).with_context(|| ctx("cpu limit"))?);
+            let cpus = parse_quantity(&cpu.0).with_context(|| ctx("cpu limit"))?;
+            if cpus <= 0.0 {
+                bail!(ctx("cpu limit must be positive"));
+            }
+            cfg.resources.cpus = Some(cpus);
         }
     }
     for p in c.ports.iter().flatten() {
@@ -118,11 +125,13 @@ fn run_args(pod: &str, c: &Container, cni: &CniArgs) -> Result<RunArgs> {
                 .as_deref()
                 .map(|i| format!("{i}:"))
                 .unwrap_or_default();
-            a.publish
-                .push(format!("{ip}{hp}:{}{proto}", p.container_port));
+            cfg.ports.push(PortMapping::parse(&format!(
+                "{ip}{hp}:{}{proto}",
+                p.container_port
+            ))?);
         }
     }
-    Ok(a)
+    Ok(cfg)
 }
 
 /// `podlet pod run -f FILE`.
@@ -150,7 +159,7 @@ pub fn run(p: Paths<'_>, file: &Path, network: &str, cni: &CniArgs) -> Result<Ex
             );
         }
     }
-    let mut all_args = Vec::new();
+    let mut configs = Vec::new();
     for (c, init) in spec
         .init_containers
         .iter()
@@ -158,7 +167,7 @@ pub fn run(p: Paths<'_>, file: &Path, network: &str, cni: &CniArgs) -> Result<Ex
         .map(|c| (c, true))
         .chain(spec.containers.iter().map(|c| (c, false)))
     {
-        let mut a = run_args(&name, c, cni)?;
+        let mut cfg = container_config(&name, c)?;
         for m in c.volume_mounts.iter().flatten() {
             let vol = spec
                 .volumes
@@ -176,14 +185,22 @@ pub fn run(p: Paths<'_>, file: &Path, network: &str, cni: &CniArgs) -> Result<Ex
                 .as_ref()
                 .map(|h| h.path.clone())
                 .unwrap_or_default();
-            let ro = if m.read_only == Some(true) { ":ro" } else { "" };
-            a.volumes.push(format!("{host}:{}{ro}", m.mount_path));
+            if !m.mount_path.starts_with('/') {
+                bail!(
+                    "container {:?}: volumeMount {:?}: mountPath must be absolute",
+                    c.name,
+                    m.name
+                );
+            }
+            cfg.mounts.push(BindMount {
+                source: std::fs::canonicalize(&host)
+                    .with_context(|| format!("container {:?}: hostPath {host:?}", c.name))?,
+                destination: m.mount_path.clone(),
+                readonly: m.read_only == Some(true),
+            });
         }
-        if init {
-            a.detach = false;
-            a.rm = true;
-        }
-        all_args.push((a, init));
+        cfg.remove = init;
+        configs.push((cfg, init));
     }
     let mut labels = meta.labels.clone().unwrap_or_default();
     if let Some(ns) = &meta.namespace {
@@ -194,36 +211,39 @@ pub fn run(p: Paths<'_>, file: &Path, network: &str, cni: &CniArgs) -> Result<Ex
     } else {
         network
     };
-    let st = create_pod(
-        p.state,
-        &PodSpec {
-            name: name.clone(),
-            hostname: spec.hostname.clone(),
-            network: cni.network(network)?,
-            labels: labels.into_iter().collect(),
-        },
-    )?;
+    let engine = crate::run_cli::engine(p.root, p.state, p.cgroup_root)?;
+    let st = engine.create_pod(&PodSpec {
+        name: name.clone(),
+        hostname: spec.hostname.clone(),
+        network: cni.network(network)?,
+        labels: labels.into_iter().collect(),
+    })?;
+    // Init containers run in the foreground and must not read the terminal.
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
     let started = (|| -> Result<()> {
-        for (a, init) in &all_args {
-            let a = RunArgs {
-                quiet: true,
-                ..a.clone()
-            };
-            let code = crate::run_cli::run(p.root, p.state, p.cgroup_root, &a)?;
-            if *init && code != ExitCode::SUCCESS {
-                bail!(
-                    "init container {:?} failed",
-                    a.name.as_deref().unwrap_or("")
-                );
+        for (cfg, init) in &configs {
+            let prepared = engine.prepare(cfg)?;
+            if *init {
+                // Runs to completion in the foreground, then is removed.
+                let code = (|| -> Result<i32> {
+                    let created = engine.create(&prepared, None)?;
+                    engine.start(&prepared.id)?;
+                    Ok(engine.wait(created.pid))
+                })();
+                engine.discard(&prepared);
+                if code? != 0 {
+                    bail!("init container {:?} failed", prepared.id);
+                }
+            } else if let Err(e) = engine.start_detached(&prepared) {
+                engine.discard(&prepared);
+                return Err(e.into());
             }
         }
         Ok(())
     })();
     if let Err(e) = started {
-        let st = Pods::new(p.state).load(&st.name)?;
-        let _ = crate::run_cli::stop_containers(p, &st.containers, 0);
-        let _ = crate::run_cli::remove_containers(p, &st.containers);
-        let _ = Pods::new(p.state).remove(&st.name);
+        let _ = engine.remove_pod(&st.name, true);
         return Err(e);
     }
     println!("{}", st.name);

@@ -1,24 +1,21 @@
-//! `podlet run`, `podlet ps`, `podlet rm`: containers from images, for people.
+//! `podlet run`, `podlet ps`, `podlet rm`, …: containers from images, for people.
 //!
-//! `run` resolves the image, unpacks its layers once (shared), makes an overlay snapshot for
-//! the container, writes an OCI bundle whose process comes from the image config and the
-//! flags, and drives the runtime library: create, start, wait. The overlay is mounted by the
-//! container's init inside its own mount namespace.
+//! This file only turns flags into the engine's [`ContainerConfig`] and prints results; the
+//! container lifecycle (image, snapshot, OCI spec, monitor, pods) is
+//! [`podlet_runtime::engine`], shared with the node agent. What stays here is what belongs to
+//! a terminal: stdin, a pty, forwarded signals.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use oci_spec::image::ImageConfiguration;
-use oci_spec::runtime::{Capability, Spec};
-use podlet_runtime::cgroups::CgroupRoot;
-use podlet_runtime::container::{CreateOptions, Runtime};
-use podlet_runtime::image::snapshot::Snapshot;
-use podlet_runtime::image::ImageStore;
-use podlet_runtime::pod::{PodNetwork, PodSpec, PodState, Pods};
-use podlet_runtime::state::{StateRoot, Status};
-use serde_json::{json, Value};
+use podlet_runtime::engine::{
+    BindMount, ContainerConfig, Engine, EngineConfig, ExecRequest, Network, Prepared, Resources,
+};
+use podlet_runtime::pod::PodNetwork;
+use podlet_runtime::state::Status;
+use serde_json::json;
 
 /// `podlet run` flags (docker/podman's).
 #[derive(Debug, Args, Default, Clone)]
@@ -99,118 +96,28 @@ pub struct RunArgs {
     pub(crate) command: Vec<String>,
 }
 
-/// Capabilities a docker/podman container gets by default.
-const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
-
 /// Where podlet's own containers keep runtime state.
 pub const DEFAULT_STATE: &str = "/run/podlet";
 
 /// Twelve random hex digits: container and generated names.
 pub(crate) fn random_id() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect::<String>()[..12].to_string()
+    podlet_runtime::engine::random_id()
 }
 
-/// Looks `name` up in the image's `/etc/passwd` or `/etc/group` (top layer first).
-fn lookup_id(layers: &[PathBuf], file: &str, name: &str) -> Option<(u32, Option<u32>)> {
-    for layer in layers.iter().rev() {
-        let Ok(text) = std::fs::read_to_string(layer.join("etc").join(file)) else {
-            continue;
-        };
-        for line in text.lines() {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() >= 3 && f[0] == name {
-                let id = f[2].parse().ok()?;
-                let gid = f.get(3).and_then(|g| g.parse().ok());
-                return Some((id, gid));
-            }
-        }
-        return None;
-    }
-    None
+/// The engine over podlet's store, state and cgroup root; monitors and pod sandboxes run as
+/// this binary.
+pub(crate) fn engine(root: &Path, state: &Path, cgroup_root: Option<&Path>) -> Result<Engine> {
+    Ok(Engine::open(EngineConfig {
+        root: root.to_path_buf(),
+        state: state.to_path_buf(),
+        cgroup_root: cgroup_root.map(Path::to_path_buf),
+        exe: std::env::current_exe().context("locate the podlet binary")?,
+    })?)
 }
 
-fn resolve_user(spec_user: &str, layers: &[PathBuf]) -> Result<(u32, u32)> {
-    let (u, g) = match spec_user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec_user, None),
-    };
-    let (uid, default_gid) = match u.parse::<u32>() {
-        Ok(n) => (n, None),
-        Err(_) => match lookup_id(layers, "passwd", u) {
-            Some((id, gid)) => (id, gid),
-            None => bail!("user {u:?} not found in the image's /etc/passwd"),
-        },
-    };
-    let gid = match g {
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup_id(layers, "group", g)
-                .map(|(id, _)| id)
-                .with_context(|| format!("group {g:?} not found in the image's /etc/group"))?,
-        },
-        None => default_gid.unwrap_or(uid),
-    };
-    Ok((uid, gid))
-}
-
-fn parse_cap(name: &str) -> Result<String> {
-    let n = name.to_ascii_uppercase();
-    let n = n.strip_prefix("CAP_").unwrap_or(&n).to_string();
-    n.parse::<Capability>()
-        .map_err(|_| anyhow::anyhow!("unknown capability {name:?}"))?;
-    Ok(format!("CAP_{n}"))
-}
-
-fn capabilities(a: &RunArgs) -> Result<Vec<String>> {
-    let all: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
-    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|c| format!("CAP_{c}")).collect();
-    for c in &a.cap_drop {
-        if c.eq_ignore_ascii_case("all") {
-            set.clear();
-        } else {
-            let c = parse_cap(c)?;
-            set.retain(|x| *x != c);
-        }
-    }
-    for c in &a.cap_add {
-        if c.eq_ignore_ascii_case("all") {
-            set = all.clone();
-        } else {
-            let c = parse_cap(c)?;
-            if !set.contains(&c) {
-                set.push(c);
-            }
-        }
-    }
-    Ok(set)
-}
-
-fn environment(a: &RunArgs, image_env: &[String], hostname: &str) -> Result<Vec<String>> {
-    let mut env: Vec<String> = image_env.to_vec();
-    let mut set = |kv: String| {
-        let key = kv.split('=').next().unwrap_or("").to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(kv);
-    };
+/// `--env-file` files then `--env` values, as `KEY=VALUE` (a bare `KEY` takes podlet's value).
+fn environment(a: &RunArgs) -> Result<Vec<String>> {
+    let mut env = Vec::new();
     for f in &a.env_file {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("--env-file {}", f.display()))?;
@@ -222,30 +129,24 @@ fn environment(a: &RunArgs, image_env: &[String], hostname: &str) -> Result<Vec<
             if !line.contains('=') {
                 bail!("--env-file {}:{}: expected KEY=VALUE", f.display(), n + 1);
             }
-            set(line.to_string());
+            env.push(line.to_string());
         }
     }
     for e in &a.env {
         match e.split_once('=') {
-            Some((k, _)) if !k.is_empty() => set(e.clone()),
+            Some((k, _)) if !k.is_empty() => env.push(e.clone()),
             Some(_) => bail!("--env {e:?}: empty name"),
             None => {
                 if let Ok(v) = std::env::var(e) {
-                    set(format!("{e}={v}"));
+                    env.push(format!("{e}={v}"));
                 }
             }
         }
     }
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
-    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.push(format!("HOSTNAME={hostname}"));
-    }
     Ok(env)
 }
 
-fn parse_volume(v: &str) -> Result<Value> {
+fn parse_volume(v: &str) -> Result<BindMount> {
     let parts: Vec<&str> = v.split(':').collect();
     let (src, dst, ro) = match parts.as_slice() {
         [s, d] => (*s, *d, false),
@@ -257,149 +158,78 @@ fn parse_volume(v: &str) -> Result<Value> {
     if !dst.starts_with('/') {
         bail!("--volume {v:?}: the destination must be absolute");
     }
-    let mut opts = vec!["rbind", "rprivate"];
-    if ro {
-        opts.push("ro");
-    }
-    Ok(json!({"destination": dst, "type": "bind", "source": src, "options": opts}))
+    Ok(BindMount {
+        source: src,
+        destination: dst.to_string(),
+        readonly: ro,
+    })
 }
 
-/// Builds the container's OCI config from the image config and the flags.
-fn build_spec(
-    a: &RunArgs,
-    id: &str,
-    cfg: &ImageConfiguration,
-    snap: &Snapshot,
-    pod: Option<&PodState>,
-) -> Result<Value> {
-    let ic = cfg.config().clone().unwrap_or_default();
-    let entrypoint: Vec<String> = match &a.entrypoint {
-        Some(e) if e.is_empty() => vec![],
-        Some(e) => vec![e.clone()],
-        None => ic.entrypoint().clone().unwrap_or_default(),
+/// The engine's container config from `podlet run` flags.
+pub(crate) fn container_config(a: &RunArgs) -> Result<ContainerConfig> {
+    let network = match a.cni.network(a.network.as_deref().unwrap_or("none"))? {
+        PodNetwork::None => Network::None,
+        PodNetwork::Host => Network::Host,
+        net => Network::Cni(net),
     };
-    let cmd: Vec<String> = if !a.command.is_empty() {
-        a.command.clone()
-    } else if a.entrypoint.is_some() {
-        vec![]
-    } else {
-        ic.cmd().clone().unwrap_or_default()
-    };
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
-    if args.is_empty() {
-        bail!(
-            "no command: image {} has no Cmd or Entrypoint; give one after the image name",
-            a.image
-        );
-    }
-    let (uid, gid) = match a
-        .user
-        .as_deref()
-        .or(ic.user().as_deref())
-        .filter(|u| !u.is_empty())
-    {
-        Some(u) => resolve_user(u, &snap.layers)?,
-        None => (0, 0),
-    };
-    let hostname = match pod {
-        Some(p) => p.hostname.clone(),
-        None => a
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id.chars().take(12).collect()),
-    };
-    let network = match pod {
-        Some(p) => p.network.clone(),
-        None => PodNetwork::None,
-    };
-    let host_network = a.network.as_deref() == Some("host") || network == PodNetwork::Host;
-    let env = environment(a, ic.env().as_deref().unwrap_or_default(), &hostname)?;
-    let cwd = a
-        .workdir
-        .clone()
-        .or(ic.working_dir().clone())
-        .filter(|w| !w.is_empty())
-        .unwrap_or_else(|| "/".into());
-    if !cwd.starts_with('/') {
-        bail!("--workdir {cwd:?}: must be an absolute path");
-    }
-    let caps = capabilities(a)?;
-    let mut spec = serde_json::to_value(Spec::default())?;
-    spec["root"] = json!({"path": snap.rootfs(), "readonly": a.read_only});
-    spec["hostname"] = json!(hostname);
-    spec["process"] = json!({
-        "terminal": a.tty,
-        "user": {"uid": uid, "gid": gid},
-        "args": args,
-        "env": env,
-        "cwd": cwd,
-        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-        "noNewPrivileges": false,
-    });
-    // Per-container /etc/hostname, /etc/hosts and /etc/resolv.conf.
-    let etc = snap.dir.join("etc");
-    std::fs::create_dir_all(&etc)?;
-    std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
-    std::fs::write(
-        etc.join("hosts"),
-        format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n"),
-    )?;
-    let resolv = if host_network || matches!(network, PodNetwork::Cni { .. }) {
-        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-    } else {
-        String::new()
-    };
-    std::fs::write(etc.join("resolv.conf"), resolv)?;
-    let mounts = spec["mounts"].as_array_mut().context("default mounts")?;
-    for f in ["hostname", "hosts", "resolv.conf"] {
-        mounts.push(json!({"destination": format!("/etc/{f}"), "type": "bind",
-            "source": etc.join(f), "options": ["bind", "rprivate"]}));
-    }
-    for v in &a.volumes {
-        mounts.push(parse_volume(v)?);
-    }
-    if let Some(p) = pod {
-        p.join(&mut spec);
-    }
-    let linux = &mut spec["linux"];
-    if host_network {
-        if let Some(ns) = linux["namespaces"].as_array_mut() {
-            ns.retain(|n| n["type"] != "network");
+    if let Some(w) = &a.workdir {
+        if !w.starts_with('/') {
+            bail!("--workdir {w:?}: must be an absolute path");
         }
-    }
-    let mut resources = json!({});
-    if let Some(m) = &a.memory {
-        resources["memory"] = json!({"limit": crate::runc_update::parse_bytes(m)?});
     }
     if let Some(c) = a.cpus {
         if c <= 0.0 {
             bail!("--cpus {c}: must be positive");
         }
-        resources["cpu"] = json!({"quota": (c * 100_000.0) as i64, "period": 100_000});
     }
-    if let Some(p) = a.pids_limit {
-        resources["pids"] = json!({"limit": p});
-    }
-    linux["resources"] = resources;
-    linux["cgroupsPath"] = json!(format!("containers/{id}"));
-    Ok(spec)
-}
-
-fn store_and_runtime(
-    root: &Path,
-    state: &Path,
-    cgroup_root: Option<&Path>,
-) -> Result<(ImageStore, Runtime)> {
-    let store = ImageStore::open(root).context("image store")?;
-    let cgroups = CgroupRoot::discover(cgroup_root).context("cgroup root")?;
-    Ok((
-        store,
-        Runtime {
-            state: StateRoot::new(state),
-            cgroups,
+    Ok(ContainerConfig {
+        name: a.name.clone(),
+        image: a.image.clone(),
+        entrypoint: a.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                vec![]
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        command: a.command.clone(),
+        env: environment(a)?,
+        mounts: a
+            .volumes
+            .iter()
+            .map(|v| parse_volume(v))
+            .collect::<Result<_>>()?,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        hostname: a.hostname.clone(),
+        network: if a.pod.is_some() {
+            Network::None
+        } else {
+            network
         },
-    ))
+        pod: a.pod.clone(),
+        ports: a
+            .publish
+            .iter()
+            .map(|p| podlet_runtime::ports::PortMapping::parse(p))
+            .collect::<std::result::Result<Vec<_>, _>>()?,
+        resources: Resources {
+            memory_bytes: a
+                .memory
+                .as_deref()
+                .map(crate::runc_update::parse_bytes)
+                .transpose()?,
+            cpus: a.cpus,
+            cpu_shares: None,
+            pids: a.pids_limit,
+        },
+        read_only: a.read_only,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        tty: a.tty,
+        remove: a.rm,
+        ..ContainerConfig::default()
+    })
 }
 
 /// Forwards the usual termination signals to the container's init while it runs; with a
@@ -428,119 +258,45 @@ fn forward_signals(pid: i32, pty: Option<i32>) -> Result<signal_hook::iterator::
 
 /// `podlet run`.
 pub fn run(root: &Path, state: &Path, cgroup_root: Option<&Path>, a: &RunArgs) -> Result<ExitCode> {
-    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
-    let image = store.resolve(&a.image)?;
-    let id = match &a.name {
-        Some(n) => {
-            podlet_runtime::state::validate_id(n)?;
-            if store.root().join("containers").join(n).exists() {
-                bail!("the container name {n:?} is already in use; remove it with `podlet rm {n}` or choose another");
-            }
-            n.clone()
-        }
-        None => random_id(),
-    };
-    let ports = a
-        .publish
-        .iter()
-        .map(|p| podlet_runtime::ports::PortMapping::parse(p))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
     let network = a.network.as_deref().unwrap_or("none");
     if a.pod.is_some() && (a.network.is_some() || a.hostname.is_some()) {
         bail!(
             "--network and --hostname cannot be combined with --pod: the container uses the pod's"
         );
     }
-    if !ports.is_empty() && network == "host" {
+    if !a.publish.is_empty() && network == "host" {
         bail!("--publish has no effect with --network host: the container already uses the host's ports");
     }
     if a.detach && (a.interactive || a.tty) {
         bail!("--detach cannot be combined with --interactive or --tty");
     }
-    // The pod to join: the named one, or one made for this container alone when it is
-    // attached to a CNI network (it holds the network namespace and the address until `rm`).
-    let pod_network = a.cni.network(network)?;
-    let membership = match &a.pod {
-        Some(p) => {
-            let st = Pods::new(state).load(p)?;
-            if !st.is_running() {
-                bail!("pod {p} is not running");
-            }
-            Some(crate::pod_cli::Membership {
-                pod: p.clone(),
-                implicit: false,
-            })
-        }
-        None if matches!(pod_network, PodNetwork::Cni { .. }) => Some(crate::pod_cli::Membership {
-            pod: id.clone(),
-            implicit: true,
-        }),
-        None => None,
-    };
-    let cfg = store.config(&image.config)?;
-    let layers = store.unpack_layers(&image)?;
-    let snap = Snapshot::create(&store, &id, &image.name, layers)?;
-    let joined = (|| -> Result<Option<PodState>> {
-        let Some(m) = &membership else {
-            return Ok(None);
-        };
-        crate::pod_cli::record_membership(&snap.dir, m)?;
-        if m.implicit {
-            let hostname = a
-                .hostname
-                .clone()
-                .unwrap_or_else(|| id.chars().take(12).collect());
-            let spec = PodSpec {
-                name: id.clone(),
-                hostname: Some(hostname),
-                network: pod_network.clone(),
-                labels: [("io.podlet.container".to_string(), id.clone())].into(),
-            };
-            crate::pod_cli::create_pod(state, &spec)?;
-        }
-        Ok(Some(Pods::new(state).add_container(&m.pod, &id)?))
-    })();
-    let pod = match joined {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = crate::pod_cli::leave_pod(state, &snap.dir, &id);
-            let _ = snap.remove();
-            return Err(e);
-        }
-    };
+    let config = container_config(a)?;
+    let engine = engine(root, state, cgroup_root)?;
+    let prepared = engine.prepare(&config)?;
     if a.detach {
-        let result = start_detached(&snap, &id, a, &cfg, state, cgroup_root, pod.as_ref());
-        if result.is_err() {
-            let _ = rt.delete(&id, true);
-            let _ = crate::pod_cli::leave_pod(state, &snap.dir, &id);
-            let _ = snap.remove();
-        }
-        return result;
+        return match engine.start_detached(&prepared) {
+            Ok(()) => {
+                if !a.quiet {
+                    println!("{}", prepared.id);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                engine.discard(&prepared);
+                Err(e.into())
+            }
+        };
     }
-    let result = run_in_snapshot(&rt, &snap, &id, a, &cfg, &ports, pod.as_ref());
+    let result = run_attached(&engine, &prepared, a);
     if a.rm || result.is_err() {
-        let _ = rt.delete(&id, true);
-        let _ = crate::pod_cli::leave_pod(state, &snap.dir, &id);
-        let _ = snap.remove();
+        engine.discard(&prepared);
     }
     result
 }
 
-fn run_in_snapshot(
-    rt: &Runtime,
-    snap: &Snapshot,
-    id: &str,
-    a: &RunArgs,
-    cfg: &ImageConfiguration,
-    ports: &[podlet_runtime::ports::PortMapping],
-    pod: Option<&PodState>,
-) -> Result<ExitCode> {
-    let spec = build_spec(a, id, cfg, snap, pod)?;
-    let bound = podlet_runtime::ports::bind(ports)?;
-    std::fs::write(
-        snap.dir.join("config.json"),
-        serde_json::to_vec_pretty(&spec)?,
-    )?;
+/// Runs a prepared container in the foreground: stdin (with -i), a terminal (with -t),
+/// signals forwarded; its exit code.
+fn run_attached(engine: &Engine, p: &Prepared, a: &RunArgs) -> Result<ExitCode> {
     if !a.interactive {
         // The container inherits stdin: give it /dev/null unless -i.
         let null = std::fs::File::open("/dev/null")?;
@@ -548,25 +304,19 @@ fn run_in_snapshot(
     }
     // With -t the runtime hands the pty master to this socket (queued until accepted).
     let console = if a.tty {
-        let path = snap.dir.join("console.sock");
+        let path = p.snapshot.dir.join("console.sock");
         Some((std::os::unix::net::UnixListener::bind(&path)?, path))
     } else {
         None
     };
-    let opts = CreateOptions {
-        overlay: Some(snap.overlay_data()),
-        console_socket: console.as_ref().map(|(_, p)| p.clone()),
-        ..CreateOptions::default()
-    };
-    let st = rt.create(id, &snap.dir, &opts)?;
-    bound.forward(PathBuf::from(format!("/proc/{}/ns/net", st.pid)));
+    let created = engine.create(p, console.as_ref().map(|(_, path)| path.clone()))?;
     let session = match &console {
         Some((listener, _)) => Some(crate::tty::Session::accept(listener, a.interactive)?),
         None => None,
     };
-    let handle = forward_signals(st.pid, session.as_ref().map(|s| s.master_fd()))?;
-    rt.start(id)?;
-    let code = rt.wait_child(st.pid);
+    let handle = forward_signals(created.pid, session.as_ref().map(|s| s.master_fd()))?;
+    engine.start(&p.id)?;
+    let code = engine.wait(created.pid);
     handle.close();
     if let Some(s) = session {
         s.finish();
@@ -574,119 +324,25 @@ fn run_in_snapshot(
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
-/// Starts the container under `podlet monitor` and returns once it runs (or failed to).
-fn start_detached(
-    snap: &Snapshot,
-    id: &str,
-    a: &RunArgs,
-    cfg: &ImageConfiguration,
-    state: &Path,
-    cgroup_root: Option<&Path>,
-    pod: Option<&PodState>,
-) -> Result<ExitCode> {
-    let spec = build_spec(a, id, cfg, snap, pod)?;
-    std::fs::write(
-        snap.dir.join("config.json"),
-        serde_json::to_vec_pretty(&spec)?,
-    )?;
-    let mcfg = crate::monitor::MonitorConfig {
-        id: id.to_string(),
-        state: state.to_path_buf(),
-        cgroup_root: cgroup_root.map(Path::to_path_buf),
-        remove: a.rm,
-        ports: a.publish.clone(),
-    };
-    std::fs::write(snap.dir.join("monitor.json"), serde_json::to_vec(&mcfg)?)?;
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let ready_w_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("monitor")
-        .arg(&snap.dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: setsid and dup2 are async-signal-safe; the child gets its own session and the
-    // ready pipe as fd 3 (dup2 clears CLOEXEC on the copy).
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if libc::dup2(ready_w_raw, crate::monitor::READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("start the container monitor")?;
-    drop(ready_w);
-    let mut msg = String::new();
-    std::io::Read::read_to_string(&mut std::fs::File::from(ready_r), &mut msg)?;
-    if msg == "ok" {
-        // The monitor lives on in its own session and is not waited for.
-        drop(child);
-        if !a.quiet {
-            println!("{id}");
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let _ = child.wait();
-    if msg.is_empty() {
-        bail!("the container monitor exited without starting the container");
-    }
-    bail!("{msg}")
-}
-
-fn snapshot_name(snap: &Snapshot) -> String {
-    snap.dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// A human status like docker's: `Up`, `Created`, `Exited (3)`.
-fn status_text(rt: &Runtime, snap: &Snapshot) -> (Status, String) {
-    let name = snapshot_name(snap);
-    let status = rt.state(&name).map(|s| s.status).unwrap_or(Status::Stopped);
-    let text = match (status, crate::monitor::exit_record(&snap.dir)) {
-        (Status::Stopped, Some(r)) => format!("Exited ({})", r.exit_code),
-        (Status::Stopped, None) => "Exited".to_string(),
-        (Status::Running, _) => "Up".to_string(),
-        (s, _) => s.to_string(),
-    };
-    (status, text)
-}
-
-fn open_container(store: &ImageStore, name: &str) -> Result<Snapshot> {
-    Snapshot::open(store, name).map_err(|_| anyhow::anyhow!("no such container: {name}"))
-}
-
 /// `podlet logs`: what the monitor recorded; with `follow`, until the container exits.
-pub fn logs(root: &Path, name: &str, follow: bool) -> Result<ExitCode> {
-    let store = ImageStore::open(root).context("image store")?;
-    let snap = open_container(&store, name)?;
-    let path = snap.dir.join("ctr.log");
-    if !snap.dir.join("monitor.json").exists() {
-        bail!("container {name} was not started detached; its output went to the terminal");
-    }
+pub fn logs(root: &Path, state: &Path, name: &str, follow: bool) -> Result<ExitCode> {
+    let engine = engine(root, state, None)?;
+    let path = engine.log_path(name)?;
     let mut offset = 0usize;
     loop {
-        let done = crate::monitor::exit_record(&snap.dir).is_some();
+        let done = engine.exit_record(name).is_some();
         if let Ok(data) = std::fs::read(&path) {
             let new = &data[offset.min(data.len())..];
             offset = data.len();
             let mut out = std::io::stdout().lock();
             let mut err = std::io::stderr().lock();
-            for line in new.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                // `<time> <stream> <F|P> <text>`
-                let mut parts = line.splitn(4, |b| *b == b' ');
-                let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
-                let text = parts.next().unwrap_or(b"");
-                let w: &mut dyn std::io::Write = if stream == Some(&b"stderr"[..]) {
-                    &mut err
-                } else {
-                    &mut out
+            for line in new.split(|b| *b == b'\n') {
+                let Some(entry) = podlet_runtime::engine::logs::parse_line(line) else {
+                    continue;
                 };
-                let _ = w.write_all(text);
-                if tag != Some(&b"P"[..]) {
+                let w: &mut dyn std::io::Write = if entry.stderr { &mut err } else { &mut out };
+                let _ = w.write_all(entry.text);
+                if !entry.partial {
                     let _ = w.write_all(b"\n");
                 }
             }
@@ -706,84 +362,14 @@ pub fn stop(
     timeout: u64,
     names: &[String],
 ) -> Result<ExitCode> {
-    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let engine = engine(root, state, cgroup_root)?;
     Ok(for_each_name(names, |name| {
-        open_container(&store, name)?;
-        stop_one(&rt, name, timeout)
+        Ok(engine.stop(
+            name,
+            nix::sys::signal::Signal::SIGTERM,
+            std::time::Duration::from_secs(timeout),
+        )?)
     }))
-}
-
-fn stop_one(rt: &Runtime, name: &str, timeout: u64) -> Result<()> {
-    if rt.state(name)?.status == Status::Stopped {
-        return Ok(());
-    }
-    let _ = rt.kill(name, nix::sys::signal::Signal::SIGTERM, false);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
-    while std::time::Instant::now() < deadline {
-        if rt.state(name)?.status == Status::Stopped {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = rt.kill(name, nix::sys::signal::Signal::SIGKILL, true);
-    while rt.state(name)?.status != Status::Stopped {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-/// Stops the containers `ids` (a pod's), skipping ones already gone.
-pub(crate) fn stop_containers(
-    p: crate::pod_cli::Paths<'_>,
-    ids: &[String],
-    timeout: u64,
-) -> Result<()> {
-    let (_, rt) = store_and_runtime(p.root, p.state, p.cgroup_root)?;
-    for id in ids {
-        if rt.state(id).is_ok() {
-            stop_one(&rt, id, timeout)?;
-        }
-    }
-    Ok(())
-}
-
-/// Removes the containers `ids` (a pod's): runtime state, snapshot, pod membership.
-pub(crate) fn remove_containers(p: crate::pod_cli::Paths<'_>, ids: &[String]) -> Result<()> {
-    let (store, rt) = store_and_runtime(p.root, p.state, p.cgroup_root)?;
-    for id in ids {
-        remove_one(&store, &rt, p.state, id, true)?;
-    }
-    Ok(())
-}
-
-fn remove_one(
-    store: &ImageStore,
-    rt: &Runtime,
-    state: &Path,
-    name: &str,
-    force: bool,
-) -> Result<()> {
-    let snap = match Snapshot::open(store, name) {
-        Ok(s) => s,
-        Err(_) if force => {
-            let _ = rt.delete(name, true);
-            return Ok(());
-        }
-        Err(_) => bail!("no such container: {name}"),
-    };
-    match rt.state(name) {
-        Ok(st) if st.status != Status::Stopped && !force => {
-            bail!(
-                "container {name} is {}: stop it first or use --force",
-                st.status
-            )
-        }
-        Ok(_) => rt.delete(name, true)?,
-        Err(_) => {}
-    }
-    crate::pod_cli::leave_pod(state, &snap.dir, name)?;
-    snap.remove()?;
-    Ok(())
 }
 
 /// `podlet kill`.
@@ -794,10 +380,9 @@ pub fn kill(
     signal: &str,
     name: &str,
 ) -> Result<ExitCode> {
-    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
-    open_container(&store, name)?;
+    let engine = engine(root, state, cgroup_root)?;
     let sig = crate::runc_cli::parse_signal(signal)?;
-    rt.kill(name, sig, false)?;
+    engine.kill(name, sig)?;
     println!("{name}");
     Ok(ExitCode::SUCCESS)
 }
@@ -831,47 +416,39 @@ pub fn exec(
     cgroup_root: Option<&Path>,
     a: &ExecArgs,
 ) -> Result<ExitCode> {
-    let (name, env, workdir) = (&a.name, &a.env, a.workdir.as_deref());
-    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
-    let snap = open_container(&store, name)?;
-    let mut p = rt.base_process(name)?;
-    p.set_args(Some(a.command.clone()));
-    p.set_terminal(Some(a.tty));
-    let mut e = p.env().clone().unwrap_or_default();
-    for kv in env {
-        let Some((k, _)) = kv.split_once('=') else {
+    let engine = engine(root, state, cgroup_root)?;
+    let dir = engine.container_dir(&a.name)?;
+    for kv in &a.env {
+        if !kv.contains('=') {
             bail!("--env {kv:?}: expected KEY=VALUE");
-        };
-        e.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
-        e.push(kv.clone());
-    }
-    p.set_env(Some(e));
-    if let Some(w) = workdir {
-        p.set_cwd(w.into());
+        }
     }
     if !a.interactive {
         let null = std::fs::File::open("/dev/null")?;
         nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
     }
     let console = if a.tty {
-        let path = snap.dir.join(format!("exec-{}.sock", std::process::id()));
+        let path = dir.join(format!("exec-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         Some((std::os::unix::net::UnixListener::bind(&path)?, path))
     } else {
         None
     };
-    let opts = podlet_runtime::exec::ExecOptions {
+    let req = ExecRequest {
+        args: a.command.clone(),
+        env: a.env.clone(),
+        workdir: a.workdir.clone(),
+        tty: a.tty,
         console_socket: console.as_ref().map(|(_, p)| p.clone()),
-        ..Default::default()
     };
     let result = (|| -> Result<ExitCode> {
-        let pid = rt.exec(name, p, &opts)?;
+        let pid = engine.exec(&a.name, &req)?;
         let session = match &console {
             Some((listener, _)) => Some(crate::tty::Session::accept(listener, a.interactive)?),
             None => None,
         };
         let handle = forward_signals(pid, session.as_ref().map(|s| s.master_fd()))?;
-        let code = rt.wait_child(pid);
+        let code = engine.wait(pid);
         handle.close();
         if let Some(s) = session {
             s.finish();
@@ -891,34 +468,29 @@ pub fn inspect(
     cgroup_root: Option<&Path>,
     names: &[String],
 ) -> Result<ExitCode> {
-    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let engine = engine(root, state, cgroup_root)?;
     let mut out = Vec::new();
     for name in names {
-        let snap = open_container(&store, name)?;
-        let (status, text) = status_text(&rt, &snap);
-        let config: Value = std::fs::read(snap.dir.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        let pid = rt.state(name).map(|s| s.pid).unwrap_or(0);
-        let exit = crate::monitor::exit_record(&snap.dir);
+        let info = engine.inspect(name)?;
         out.push(json!({
-            "Name": name,
-            "Image": snap.image,
+            "Name": info.name,
+            "Image": info.image,
             "State": {
-                "Status": status,
-                "Text": text,
-                "Pid": pid,
-                "ExitCode": exit.as_ref().map(|e| e.exit_code),
-                "FinishedAt": exit.as_ref().map(|e| e.finished_at.clone()),
+                "Status": info.status,
+                "Text": info.status_text,
+                "Pid": info.pid,
+                "ExitCode": info.exit.as_ref().map(|e| e.exit_code),
+                "FinishedAt": info.exit.as_ref().map(|e| e.finished_at.clone()),
+                "OOMKilled": info.exit.as_ref().is_some_and(|e| e.oom_killed),
             },
             "Config": {
-                "Cmd": config["process"]["args"],
-                "Env": config["process"]["env"],
-                "WorkingDir": config["process"]["cwd"],
-                "Hostname": config["hostname"],
+                "Cmd": info.args,
+                "Env": info.env,
+                "WorkingDir": info.cwd,
+                "Hostname": info.hostname,
             },
-            "Rootfs": snap.rootfs(),
+            "Rootfs": info.rootfs,
+            "Pod": info.pod,
         }));
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -933,29 +505,16 @@ pub fn ps(
     all: bool,
     format: &str,
 ) -> Result<ExitCode> {
-    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let engine = engine(root, state, cgroup_root)?;
     let mut rows = Vec::new();
-    for snap in Snapshot::list(&store) {
-        let name = snapshot_name(&snap);
-        let (status, status_text) = status_text(&rt, &snap);
-        if !all && status != Status::Running && status != Status::Paused {
+    for info in engine.list() {
+        if !all && info.status != Status::Running && info.status != Status::Paused {
             continue;
         }
-        let command = std::fs::read(snap.dir.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["process"]["args"].as_array().cloned())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
-        let exit = crate::monitor::exit_record(&snap.dir).map(|r| r.exit_code);
         rows.push(
-            json!({"name": name, "image": snap.image, "command": command,
-                         "status": status, "statusText": status_text, "exitCode": exit}),
+            json!({"name": info.name, "image": info.image, "command": info.args.join(" "),
+            "status": info.status, "statusText": info.status_text,
+            "exitCode": info.exit.map(|e| e.exit_code)}),
         );
     }
     if format == "json" {
@@ -983,10 +542,10 @@ pub fn rm(
     force: bool,
     names: &[String],
 ) -> Result<ExitCode> {
-    let (store, rt) = store_and_runtime(root, state, cgroup_root)?;
+    let engine = engine(root, state, cgroup_root)?;
     Ok(for_each_name(names, |name| {
-        open_container(&store, name)?;
-        remove_one(&store, &rt, state, name, force)
+        engine.inspect(name)?;
+        Ok(engine.remove(name, force)?)
     }))
 }
 

@@ -6,6 +6,7 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod engine;
 pub mod exec;
 pub mod idmap;
 pub mod image;
