@@ -417,6 +417,82 @@ async fn nodes_may_only_write_their_own_objects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_read_only_the_secrets_and_config_maps_their_pods_reference() {
+    let a = api().await;
+    let (code, v) = a
+        .call(
+            "POST",
+            "/podlet/v1/join",
+            Some(&a.sec.join_token),
+            "application/json",
+            br#"{"nodeName":"n1"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let n1 = v["token"].as_str().unwrap().to_string();
+    for (kind, plural, name) in [
+        ("Secret", "secrets", "env-secret"),
+        ("Secret", "secrets", "vol-secret"),
+        ("Secret", "secrets", "other-secret"),
+        ("ConfigMap", "configmaps", "vol-cm"),
+        ("ConfigMap", "configmaps", "other-cm"),
+    ] {
+        let obj = json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}, "data": {}});
+        let path = format!("/api/v1/namespaces/default/{plural}");
+        assert_eq!(a.admin("POST", &path, obj).await.0, StatusCode::CREATED);
+    }
+    let pod = |name: &str, node: &str, secret: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+            "nodeName": node,
+            "volumes": [{"name": "s", "secret": {"secretName": "vol-secret"}},
+                        {"name": "c", "configMap": {"name": "vol-cm"}}],
+            "containers": [{"name": "c", "image": "busybox", "env": [
+                {"name": "X", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}]}]}})
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+    assert_eq!(
+        a.admin("POST", pods, pod("mine", "n1", "env-secret"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        a.admin("POST", pods, pod("theirs", "n2", "other-secret"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let get = |path: String| {
+        let n1 = n1.clone();
+        let a = &a;
+        async move {
+            a.call("GET", &path, Some(&n1), "application/json", vec![])
+                .await
+                .0
+        }
+    };
+    for (plural, name, want) in [
+        ("secrets", "env-secret", StatusCode::OK),
+        ("secrets", "vol-secret", StatusCode::OK),
+        ("configmaps", "vol-cm", StatusCode::OK),
+        // Referenced only by a pod on another node, or by nothing.
+        ("secrets", "other-secret", StatusCode::FORBIDDEN),
+        ("configmaps", "other-cm", StatusCode::FORBIDDEN),
+    ] {
+        let code = get(format!("/api/v1/namespaces/default/{plural}/{name}")).await;
+        assert_eq!(code, want, "{plural}/{name}");
+    }
+    // Lists and watches of Secrets and ConfigMaps stay closed to nodes.
+    for path in [
+        "/api/v1/namespaces/default/secrets",
+        "/api/v1/namespaces/default/configmaps",
+        "/api/v1/configmaps?watch=true",
+    ] {
+        assert_eq!(get(path.to_string()).await, StatusCode::FORBIDDEN, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_bodies_get_status_errors() {
     let a = api().await;
     let huge = vec![b' '; 4 * 1024 * 1024];

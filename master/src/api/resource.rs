@@ -147,7 +147,9 @@ fn authorize(
         ))
     };
     if read {
-        return if t.resource.kind == "Secret" {
+        // Secrets and ConfigMaps: only `get`, and only those its pods reference (checked by
+        // the caller with [`node_may_read`], which needs the store).
+        return if matches!(t.resource.kind, "Secret" | "ConfigMap") && verb != "get" {
             Err(deny())
         } else {
             Ok(())
@@ -183,6 +185,72 @@ fn authorize(
     } else {
         Err(deny())
     }
+}
+
+/// Whether a pod bound to `node` in the target's namespace references the Secret or ConfigMap
+/// `t` names (volumes, projected sources, env, envFrom, imagePullSecrets), as Kubernetes' node
+/// authorizer decides.
+async fn node_may_read(st: &AppState, node: &str, t: &Target) -> Result<bool, ApiError> {
+    let (Some(ns), Some(name)) = (t.namespace.as_deref(), t.name.as_deref()) else {
+        return Ok(false);
+    };
+    let pods = crate::resources::find("", "v1", "pods").expect("pods are served");
+    let page = st
+        .store
+        .list(&pods.prefix_in(Some(ns)), None, 0, None)
+        .await
+        .map_err(|e| ApiError::from_store(pods, "", e))?;
+    for kv in &page.items {
+        let pod = st.codec.decode(kv)?;
+        if pod["spec"]["nodeName"] == node && pod_references(&pod, t.resource.kind, name) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `pod` references the Secret or ConfigMap (`kind`) `name`.
+pub fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let (vol_key, vol_name, env_ref, from_ref) = match kind {
+        "Secret" => ("secret", "secretName", "secretKeyRef", "secretRef"),
+        "ConfigMap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
+        _ => return false,
+    };
+    let arr = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    for v in arr(&spec["volumes"]) {
+        if v[vol_key][vol_name] == name {
+            return true;
+        }
+        if arr(&v["projected"]["sources"])
+            .iter()
+            .any(|s| s[vol_key]["name"] == name)
+        {
+            return true;
+        }
+    }
+    if kind == "Secret"
+        && arr(&spec["imagePullSecrets"])
+            .iter()
+            .any(|s| s["name"] == name)
+    {
+        return true;
+    }
+    let containers = arr(&spec["containers"])
+        .into_iter()
+        .chain(arr(&spec["initContainers"]));
+    for c in containers {
+        if arr(&c["env"])
+            .iter()
+            .any(|e| e["valueFrom"][env_ref]["name"] == name)
+            || arr(&c["envFrom"])
+                .iter()
+                .any(|e| e[from_ref]["name"] == name)
+        {
+            return true;
+        }
+    }
+    false
 }
 
 fn verb_of(method: &Method, t: &Target, query: &HashMap<String, String>) -> &'static str {
@@ -235,6 +303,17 @@ pub async fn handle(
         }
         "get" => {
             authorize(id, verb, &t, None, None)?;
+            if let Identity::Node { node } = id {
+                if matches!(t.resource.kind, "Secret" | "ConfigMap")
+                    && !node_may_read(st, node, &t).await?
+                {
+                    return Err(ApiError::Forbidden(format!(
+                        "node \"{node}\" cannot get {} \"{}\": no pod bound to it references it",
+                        t.resource.qualified(),
+                        t.name.as_deref().unwrap_or("")
+                    )));
+                }
+            }
             let obj = get_object(st, &t).await?;
             let out = match t.sub.as_deref() {
                 Some("scale") => scale_of(&obj),

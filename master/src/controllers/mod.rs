@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod hpa;
 pub mod leader;
 pub mod namespaces;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod scheduler;
@@ -400,6 +401,11 @@ pub async fn run_all(ctx: Ctx) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(scheduler::run(ctx.clone(), pods.clone(), nodes.clone())),
         tokio::spawn(replicaset::run(ctx.clone(), rss.clone(), pods.clone())),
         tokio::spawn(deployment::run(ctx.clone(), deps, rss, pods.clone())),
+        tokio::spawn(nodeipam::run(
+            ctx.clone(),
+            nodes.clone(),
+            nodeipam::parse_cidr(nodeipam::DEFAULT_CLUSTER_CIDR).expect("valid default CIDR"),
+        )),
         tokio::spawn(nodelifecycle::run(ctx.clone(), nodes, leases, pods.clone())),
         tokio::spawn(endpoints::run(ctx, svcs, pods)),
     ]
