@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use podlet_runtime::cgroups::CgroupRoot;
 use podlet_runtime::kernel_check;
 
+mod agent_cli;
 mod image_cli;
 mod kube_cli;
 mod pod_cli;
@@ -146,6 +147,8 @@ enum Command {
     /// Manage pods: containers sharing network, IPC and UTS namespaces.
     #[command(subcommand)]
     Pod(pod_cli::PodCommand),
+    /// Run the node agent: join a master and run the pods it binds to this node.
+    Agent(agent_cli::AgentArgs),
     /// Run the master: a Kubernetes-compatible API server (TLS, tokens) on SQLite or etcd.
     Master {
         /// State directory: the SQLite store, CA and certificates, tokens, encryption key.
@@ -446,6 +449,7 @@ fn main() -> ExitCode {
             replicas,
         } => block(kube_cli::scale(cluster, target, *replicas)),
         Command::Rollout { cluster, cmd } => block(kube_cli::rollout(cluster, cmd)),
+        Command::Agent(a) => agent_cli::run(&cli.root, &cli.state, cli.cgroup_root.as_deref(), a),
         Command::Master {
             data_dir,
             listen,

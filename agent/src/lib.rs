@@ -1,6 +1,100 @@
-//! podlet's node agent library.
+//! podlet's node agent (`podlet agent`): joins a master, registers its Node, renews its Lease,
+//! keeps its pod network and the routes to other nodes' pods, and runs the pods bound to it
+//! through the container engine (`podlet_runtime::engine`), reporting their status.
 //!
-//! This first layer is the Maglev consistent-hashing table ([`maglev`]) that the agent's
-//! userspace Service load balancer uses to pick a backend per connection.
+//! - [`client`]: joining with the join token and the API client with the node's own token.
+//! - [`node`]: the host's facts, the Node object, Lease renewal and node conditions.
+//! - [`network`]: the pod network on this node's pod CIDR and host-gw routes to the others.
+//! - [`pods`]: pod workers (one per pod, level-triggered) that sync pods to the engine.
+//! - [`maglev`]: the consistent-hashing table for userspace Service load balancing.
 
+pub mod client;
 pub mod maglev;
+pub mod network;
+pub mod node;
+pub mod pods;
+
+use std::path::PathBuf;
+
+/// Why the agent could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration or a server answer is invalid; the message names the problem.
+    #[error("{0}")]
+    Invalid(String),
+    /// The API server refused or failed a request.
+    #[error("API: {0}")]
+    Api(#[from] kube::Error),
+    /// The container engine failed.
+    #[error(transparent)]
+    Engine(#[from] podlet_runtime::engine::EngineError),
+    /// A file operation failed.
+    #[error("{what} {path}: {source}", path = path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// How the agent is configured (`podlet agent` flags).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The master's URL (`https://HOST:6443`).
+    pub server: String,
+    /// The node join token (`<master data dir>/node-token`).
+    pub join_token: String,
+    /// The master's CA certificate (PEM).
+    pub ca_file: PathBuf,
+    /// This node's name (default: the host name).
+    pub node_name: String,
+    /// This node's address other nodes reach it on (default: the first non-loopback IPv4).
+    pub node_ip: std::net::Ipv4Addr,
+    /// The agent's own files: its node token, CNI configuration and address leases, volumes.
+    pub data_dir: PathBuf,
+    /// The engine's image store root.
+    pub root: PathBuf,
+    /// The engine's runtime state root.
+    pub state: PathBuf,
+    /// The cgroup root override.
+    pub cgroup_root: Option<PathBuf>,
+    /// The `podlet` executable (monitors and pod sandboxes run as it).
+    pub exe: PathBuf,
+    /// Where CNI plugins are looked up (the executable's directory is added last).
+    pub cni_plugin_dirs: Vec<PathBuf>,
+}
+
+/// Runs the agent: joins, registers the Node, keeps its Lease, sets up the pod network on the
+/// pod CIDR the master assigns, keeps routes to the other nodes, and runs this node's pods.
+/// Returns only on a setup error.
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io {
+        what: "create",
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let client = client::connect(&cfg).await?;
+    node::register(&client, &cfg).await?;
+    tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
+    let cidr = node::wait_pod_cidr(&client, &cfg.node_name).await?;
+    let network = network::setup(&cfg, &cidr)?;
+    tracing::info!(node = %cfg.node_name, pod_cidr = %cidr, "node registered");
+    tokio::spawn(network::sync_routes(client.clone(), cfg.node_name.clone()));
+    let engine = podlet_runtime::engine::Engine::open(podlet_runtime::engine::EngineConfig {
+        root: cfg.root.clone(),
+        state: cfg.state.clone(),
+        cgroup_root: cfg.cgroup_root.clone(),
+        exe: cfg.exe.clone(),
+    })?;
+    let ctx = pods::worker::SyncContext {
+        engine: std::sync::Arc::new(engine),
+        data_dir: cfg.data_dir.clone(),
+        node_ip: cfg.node_ip.to_string(),
+        network,
+    };
+    pods::run(client, ctx, cfg.node_name.clone()).await;
+    Ok(())
+}

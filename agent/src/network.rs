@@ -1,0 +1,157 @@
+//! The pod network on this node: a CNI configuration for `podlet-cni` on the node's pod CIDR
+//! (bridge `podletk8s0`, the first address as the gateway), and host-gw routes to every other
+//! node's pod CIDR through that node's address, kept in sync from the Node objects.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use podlet_cni::ipam::Subnet;
+use podlet_cni::routing::PeerNode;
+use podlet_runtime::pod::PodNetwork;
+use serde_json::json;
+
+use crate::{AgentConfig, AgentError};
+
+/// The CNI network name pods of the cluster are attached to.
+pub const NETWORK_NAME: &str = "podlet-k8s";
+/// The bridge in the node's network namespace.
+pub const BRIDGE: &str = "podletk8s0";
+/// How often routes to other nodes are re-synced.
+pub const ROUTE_SYNC: Duration = Duration::from_secs(3);
+
+/// The CNI configuration list for `pod_cidr`.
+pub fn conflist(pod_cidr: &Subnet, data_dir: &Path) -> serde_json::Value {
+    let gateway = Ipv4Addr::from(u32::from(pod_cidr.network) + 1);
+    json!({
+        "cniVersion": "1.1.0",
+        "name": NETWORK_NAME,
+        "plugins": [{
+            "type": "podlet-cni",
+            "bridge": BRIDGE,
+            "isGateway": true,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": format!("{}/{}", pod_cidr.network, pod_cidr.prefix),
+                             "gateway": gateway.to_string()}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": data_dir.join("cni/networks").display().to_string()
+            }
+        }]
+    })
+}
+
+/// Writes the node's CNI configuration; returns the pod network to attach pods to.
+pub fn setup(cfg: &AgentConfig, pod_cidr: &str) -> Result<PodNetwork, AgentError> {
+    let subnet = Subnet::parse(pod_cidr)
+        .ok_or_else(|| AgentError::Invalid(format!("pod CIDR {pod_cidr:?} is not A.B.C.D/N")))?;
+    let conf_dir = cfg.data_dir.join("cni/net.d");
+    std::fs::create_dir_all(&conf_dir).map_err(|source| AgentError::Io {
+        what: "create",
+        path: conf_dir.clone(),
+        source,
+    })?;
+    let path = conf_dir.join(format!("{NETWORK_NAME}.conflist"));
+    let data = serde_json::to_vec_pretty(&conflist(&subnet, &cfg.data_dir))
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    std::fs::write(&path, data).map_err(|source| AgentError::Io {
+        what: "write",
+        path: path.clone(),
+        source,
+    })?;
+    let mut plugin_dirs: Vec<PathBuf> = cfg.cni_plugin_dirs.clone();
+    if let Some(dir) = cfg.exe.parent() {
+        plugin_dirs.push(dir.to_path_buf());
+    }
+    Ok(PodNetwork::Cni {
+        name: NETWORK_NAME.into(),
+        conf_dir,
+        plugin_dirs,
+    })
+}
+
+/// Every other node with a pod CIDR and an InternalIP, as a host-gw peer.
+pub fn peers(nodes: &[Node], me: &str) -> Vec<PeerNode> {
+    nodes
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(me))
+        .filter_map(|n| {
+            let cidr = Subnet::parse(n.spec.as_ref()?.pod_cidr.as_deref()?)?;
+            let ip = n
+                .status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find(|a| a.type_ == "InternalIP")?
+                .address
+                .parse()
+                .ok()?;
+            Some(PeerNode {
+                pod_cidr: cidr,
+                node_ip: ip,
+            })
+        })
+        .collect()
+}
+
+/// Keeps host-gw routes to the other nodes' pod CIDRs until the task is dropped.
+pub async fn sync_routes(client: kube::Client, me: String) {
+    let nodes: Api<Node> = Api::all(client);
+    let mut last: Vec<PeerNode> = Vec::new();
+    loop {
+        match nodes.list(&ListParams::default()).await {
+            Ok(list) => {
+                let want = peers(&list.items, &me);
+                if want != last {
+                    let w = want.clone();
+                    match tokio::task::spawn_blocking(move || podlet_cni::routing::sync_host_gw(&w))
+                        .await
+                    {
+                        Ok(Ok(())) => last = want,
+                        Ok(Err(e)) => tracing::warn!(error = %e, "syncing routes to other nodes"),
+                        Err(e) => tracing::warn!(error = %e, "route sync task"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing nodes for routes"),
+        }
+        tokio::time::sleep(ROUTE_SYNC).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_is_the_first_address_of_the_pod_cidr() {
+        let c = conflist(&Subnet::parse("10.42.3.0/24").unwrap(), Path::new("/d"));
+        let r = &c["plugins"][0]["ipam"]["ranges"][0][0];
+        assert_eq!(r["subnet"], "10.42.3.0/24");
+        assert_eq!(r["gateway"], "10.42.3.1");
+        assert_eq!(c["plugins"][0]["ipam"]["dataDir"], "/d/cni/networks");
+    }
+
+    #[test]
+    fn peers_are_other_nodes_with_cidr_and_address() {
+        let node = |name: &str, cidr: Option<&str>, ip: &str| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "spec": {"podCIDR": cidr},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}))
+            .unwrap()
+        };
+        let nodes = vec![
+            node("me", Some("10.42.0.0/24"), "10.0.0.1"),
+            node("b", Some("10.42.1.0/24"), "10.0.0.2"),
+            node("c", None, "10.0.0.3"),
+        ];
+        let p = peers(&nodes, "me");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].node_ip, Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(p[0].pod_cidr, Subnet::parse("10.42.1.0/24").unwrap());
+    }
+}

@@ -1,0 +1,508 @@
+//! A Kubernetes container, in its pod, as the engine's [`ContainerConfig`]: command and args,
+//! the environment (values, `valueFrom`, `envFrom`, `$(VAR)` expansion), volume mounts,
+//! resources with kubelet's mapping, and the security context. Whatever cannot be honoured
+//! is an error naming the field (reported as `CreateContainerConfigError`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
+use podlet_runtime::engine::{BindMount, ContainerConfig, Resources};
+
+use super::refs::{text, Refs};
+
+/// The value of a downward-API `fieldPath` for `pod`.
+pub fn field_value(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Option<String> {
+    let m = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let from_map =
+        |map: &Option<BTreeMap<String, String>>, prefix: &str| -> Option<Option<String>> {
+            let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+            Some(map.as_ref().and_then(|l| l.get(key).cloned()))
+        };
+    if let Some(v) = from_map(&m.labels, "metadata.labels['") {
+        return Some(v.unwrap_or_default());
+    }
+    if let Some(v) = from_map(&m.annotations, "metadata.annotations['") {
+        return Some(v.unwrap_or_default());
+    }
+    let all = |map: &Option<BTreeMap<String, String>>| {
+        map.iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}=\"{v}\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Some(match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_else(|| "default".into()),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "metadata.labels" => all(&m.labels),
+        "metadata.annotations" => all(&m.annotations),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into()),
+        "status.podIP" | "status.podIPs" => pod_ip.to_string(),
+        "status.hostIP" | "status.hostIPs" => host_ip.to_string(),
+        _ => return None,
+    })
+}
+
+/// A quantity (`500m`, `128Mi`, `1`) as a number.
+pub fn quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let (num, mult) = [
+        ("Ki", 1024f64),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ]
+    .iter()
+    .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
+    .unwrap_or((q, 1.0));
+    let n: f64 = num.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some(n * mult)
+}
+
+fn resource_value(
+    res: Option<&ResourceRequirements>,
+    field: &str,
+    divisor: Option<&str>,
+) -> Option<String> {
+    let (set, name) = field.split_once('.')?;
+    let map = match set {
+        "limits" => res.and_then(|r| r.limits.as_ref()),
+        "requests" => res.and_then(|r| r.requests.as_ref()),
+        _ => return None,
+    };
+    let value = map
+        .and_then(|m| m.get(name))
+        .and_then(|q| quantity(&q.0))
+        .unwrap_or(0.0);
+    let div = divisor
+        .and_then(quantity)
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
+    Some(((value / div).ceil() as i64).to_string())
+}
+
+/// Expands `$(NAME)` from `vars` as Kubernetes does (`$$` is a literal `$`; unknown names stay
+/// as written).
+pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('(') {
+            match body.find(')') {
+                Some(end) if vars.contains_key(&body[..end]) => {
+                    out.push_str(&vars[&body[..end]]);
+                    rest = &body[end + 1..];
+                }
+                _ => {
+                    out.push('$');
+                    rest = after;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The container's environment, in Kubernetes' order (`envFrom` first, then `env`).
+pub fn environment(
+    pod: &Pod,
+    c: &Container,
+    refs: &Refs,
+    pod_ip: &str,
+    host_ip: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut set = |k: String, v: String, vars: &mut BTreeMap<String, String>| {
+        if !vars.contains_key(&k) {
+            order.push(k.clone());
+        }
+        vars.insert(k, v);
+    };
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (data, kind, name, optional) = if let Some(r) = &from.config_map_ref {
+            (
+                refs.config_maps.get(&r.name),
+                "configmap",
+                &r.name,
+                r.optional == Some(true),
+            )
+        } else if let Some(r) = &from.secret_ref {
+            (
+                refs.secrets.get(&r.name),
+                "secret",
+                &r.name,
+                r.optional == Some(true),
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(Some(d)) => {
+                for (k, v) in d {
+                    set(format!("{prefix}{k}"), text(v), &mut vars);
+                }
+            }
+            _ if optional => {}
+            _ => return Err(format!("{kind} {name:?} not found")),
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (_, Some(from)) => {
+                if let Some(f) = &from.field_ref {
+                    field_value(pod, &f.field_path, pod_ip, host_ip).ok_or_else(|| {
+                        format!("env {:?}: unsupported fieldPath {:?}", e.name, f.field_path)
+                    })?
+                } else if let Some(r) = &from.resource_field_ref {
+                    let target = match &r.container_name {
+                        Some(n) => pod
+                            .spec
+                            .iter()
+                            .flat_map(|s| s.containers.iter())
+                            .find(|x| &x.name == n)
+                            .ok_or_else(|| format!("env {:?}: no container {n:?}", e.name))?,
+                        None => c,
+                    };
+                    resource_value(
+                        target.resources.as_ref(),
+                        &r.resource,
+                        r.divisor.as_ref().map(|d| d.0.as_str()),
+                    )
+                    .ok_or_else(|| {
+                        format!("env {:?}: unsupported resource {:?}", e.name, r.resource)
+                    })?
+                } else if let Some(r) = &from.config_map_key_ref {
+                    match refs.config_maps.get(&r.name) {
+                        Some(Some(d)) => match d.get(&r.key) {
+                            Some(v) => text(v),
+                            None if r.optional == Some(true) => continue,
+                            None => {
+                                return Err(format!(
+                                    "couldn't find key {} in ConfigMap {}",
+                                    r.key, r.name
+                                ))
+                            }
+                        },
+                        _ if r.optional == Some(true) => continue,
+                        _ => return Err(format!("configmap {:?} not found", r.name)),
+                    }
+                } else if let Some(r) = &from.secret_key_ref {
+                    match refs.secrets.get(&r.name) {
+                        Some(Some(d)) => match d.get(&r.key) {
+                            Some(v) => text(v),
+                            None if r.optional == Some(true) => continue,
+                            None => {
+                                return Err(format!(
+                                    "couldn't find key {} in Secret {}",
+                                    r.key, r.name
+                                ))
+                            }
+                        },
+                        _ if r.optional == Some(true) => continue,
+                        _ => return Err(format!("secret {:?} not found", r.name)),
+                    }
+                } else {
+                    return Err(format!("env {:?}: empty valueFrom", e.name));
+                }
+            }
+            (Some(v), None) => expand(v, &vars),
+            (None, None) => String::new(),
+        };
+        set(e.name.clone(), value, &mut vars);
+    }
+    Ok(order
+        .into_iter()
+        .map(|k| {
+            let v = vars[&k].clone();
+            (k, v)
+        })
+        .collect())
+}
+
+/// The engine config of container `c` of `pod` (engine name `id`, joining pod `sandbox`).
+#[allow(clippy::too_many_arguments)]
+pub fn container_config(
+    pod: &Pod,
+    c: &Container,
+    id: &str,
+    sandbox: &str,
+    refs: &Refs,
+    volumes: &BTreeMap<String, PathBuf>,
+    pod_ip: &str,
+    host_ip: &str,
+) -> Result<ContainerConfig, String> {
+    let image = c
+        .image
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or("the container has no image")?;
+    let env = environment(pod, c, refs, pod_ip, host_ip)?;
+    let vars: BTreeMap<String, String> = env.iter().cloned().collect();
+    let exp = |v: &Vec<String>| v.iter().map(|s| expand(s, &vars)).collect::<Vec<_>>();
+    let mut mounts = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let src = volumes
+            .get(&m.name)
+            .ok_or_else(|| format!("volumeMount {:?} names no volume", m.name))?;
+        if !m.mount_path.starts_with('/') {
+            return Err(format!(
+                "volumeMount {:?}: mountPath must be absolute",
+                m.name
+            ));
+        }
+        let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => {
+                if sub.starts_with('/') || sub.split('/').any(|p| p == "..") {
+                    return Err(format!(
+                        "volumeMount {:?}: subPath {sub:?} must stay inside the volume",
+                        m.name
+                    ));
+                }
+                let p = src.join(sub);
+                if !p.exists() {
+                    std::fs::create_dir_all(&p).map_err(|e| format!("subPath {sub:?}: {e}"))?;
+                }
+                p
+            }
+            None => src.clone(),
+        };
+        mounts.push(BindMount {
+            source,
+            destination: m.mount_path.clone(),
+            readonly: m.read_only == Some(true),
+        });
+    }
+    let res = c.resources.as_ref();
+    let get = |set: Option<
+        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+               k: &str| {
+        set.and_then(|m| m.get(k)).map(|q| {
+            quantity(&q.0).ok_or_else(|| format!("resources: invalid quantity {:?} for {k}", q.0))
+        })
+    };
+    let limits = res.and_then(|r| r.limits.as_ref());
+    let requests = res.and_then(|r| r.requests.as_ref());
+    let memory = get(limits, "memory").transpose()?;
+    let cpu_limit = get(limits, "cpu").transpose()?;
+    // kubelet: shares = requests.cpu (or the limit when only that is set) in millicores
+    // * 1024 / 1000, at least 2.
+    let cpu_request = get(requests, "cpu").transpose()?.or(cpu_limit);
+    let resources = Resources {
+        memory_bytes: memory.map(|m| m as i64),
+        cpus: cpu_limit.filter(|c| *c > 0.0),
+        cpu_shares: Some(
+            cpu_request
+                .map(|c| ((c * 1024.0) as u64).max(2))
+                .unwrap_or(2),
+        ),
+        pids: None,
+    };
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user));
+    let gid = sc
+        .and_then(|s| s.run_as_group)
+        .or(pod_sc.and_then(|s| s.run_as_group));
+    let non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or(pod_sc.and_then(|s| s.run_as_non_root))
+        == Some(true);
+    if non_root && uid == Some(0) {
+        return Err(
+            "container's runAsUser breaks non-root policy (runAsNonRoot with runAsUser 0)".into(),
+        );
+    }
+    let user = match (uid, gid) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        (None, Some(g)) => Some(format!("0:{g}")),
+        (None, None) if non_root => {
+            return Err("runAsNonRoot needs a numeric runAsUser with the podlet agent (the image's user is not checked yet)".into())
+        }
+        (None, None) => None,
+    };
+    let mut additional_gids: Vec<u32> = Vec::new();
+    if let Some(ps) = pod_sc {
+        if let Some(g) = ps.fs_group {
+            additional_gids.push(g as u32);
+        }
+        additional_gids.extend(ps.supplemental_groups.iter().flatten().map(|g| *g as u32));
+    }
+    let privileged = sc.and_then(|s| s.privileged) == Some(true);
+    let (mut cap_add, cap_drop) = match sc.and_then(|s| s.capabilities.as_ref()) {
+        Some(caps) => (
+            caps.add.clone().unwrap_or_default(),
+            caps.drop.clone().unwrap_or_default(),
+        ),
+        None => (vec![], vec![]),
+    };
+    if privileged {
+        cap_add = vec!["ALL".into()];
+    }
+    let mut ports = Vec::new();
+    for p in c.ports.iter().flatten() {
+        if let Some(hp) = p.host_port {
+            let proto = match p.protocol.as_deref() {
+                None | Some("TCP") => "",
+                Some("UDP") => "/udp",
+                Some(other) => return Err(format!("port protocol {other:?} is not supported")),
+            };
+            let ip = p
+                .host_ip
+                .as_deref()
+                .map(|i| format!("{i}:"))
+                .unwrap_or_default();
+            let spec = format!("{ip}{hp}:{}{proto}", p.container_port);
+            ports
+                .push(podlet_runtime::ports::PortMapping::parse(&spec).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(ContainerConfig {
+        name: Some(id.to_string()),
+        image,
+        entrypoint: c.command.as_ref().filter(|v| !v.is_empty()).map(exp),
+        command: c.args.as_ref().map(exp).unwrap_or_default(),
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        mounts,
+        workdir: c.working_dir.clone().filter(|w| !w.is_empty()),
+        user,
+        additional_gids,
+        hostname: None,
+        network: podlet_runtime::engine::Network::None,
+        pod: Some(sandbox.to_string()),
+        ports,
+        resources,
+        read_only: sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
+        cap_add,
+        cap_drop,
+        no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+        tty: c.tty == Some(true),
+        remove: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{
+                "name": "c", "image": "busybox",
+                "command": ["sh", "-c"], "args": ["echo $(GREETING) $$HOME"],
+                "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}},
+                "env": [
+                    {"name": "GREETING", "value": "hi-$(POD)"},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                    {"name": "COLOR", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "color"}}}
+                ],
+                "envFrom": [{"configMapRef": {"name": "site"}, "prefix": "SITE_"}],
+                "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": true}]
+            }]}
+        }))
+        .unwrap()
+    }
+
+    fn refs() -> Refs {
+        let mut r = Refs::default();
+        r.secrets.insert(
+            "db".into(),
+            Some([("password".to_string(), b"s3cret".to_vec())].into()),
+        );
+        r.config_maps.insert(
+            "site".into(),
+            Some([("color".to_string(), b"blue".to_vec())].into()),
+        );
+        r
+    }
+
+    #[test]
+    fn env_values_refs_and_expansion() {
+        let p = pod();
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let env: BTreeMap<_, _> = environment(&p, c, &refs(), "10.42.0.7", "10.0.0.1")
+            .unwrap()
+            .into_iter()
+            .collect();
+        // $(POD) is defined after GREETING, so it stays as written (Kubernetes' rule).
+        assert_eq!(env["GREETING"], "hi-$(POD)");
+        assert_eq!(env["POD"], "web-1");
+        assert_eq!(env["IP"], "10.42.0.7");
+        assert_eq!(env["APP"], "web");
+        assert_eq!(env["MEM"], "64");
+        assert_eq!(env["PASS"], "s3cret");
+        assert_eq!(env["COLOR"], "blue");
+        assert_eq!(env["SITE_color"], "blue");
+    }
+
+    #[test]
+    fn missing_references_name_the_problem() {
+        let p = pod();
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let mut r = refs();
+        r.secrets.insert("db".into(), None);
+        let err = environment(&p, c, &r, "", "").unwrap_err();
+        assert!(err.contains("secret \"db\" not found"), "{err}");
+    }
+
+    #[test]
+    fn the_engine_config_maps_command_resources_and_mounts() {
+        let p = pod();
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let vols = [("data".to_string(), PathBuf::from("/v/data"))].into();
+        let cfg = container_config(&p, c, "id", "sb", &refs(), &vols, "10.42.0.7", "h").unwrap();
+        assert_eq!(
+            cfg.entrypoint,
+            Some(vec!["sh".to_string(), "-c".to_string()])
+        );
+        assert_eq!(cfg.command, vec!["echo hi-$(POD) $HOME"]);
+        assert_eq!(cfg.resources.memory_bytes, Some(64 << 20));
+        assert_eq!(cfg.resources.cpus, Some(0.5));
+        assert_eq!(cfg.resources.cpu_shares, Some(512));
+        assert_eq!(cfg.mounts[0].source, PathBuf::from("/v/data"));
+        assert!(cfg.mounts[0].readonly);
+        assert_eq!(cfg.pod.as_deref(), Some("sb"));
+        let vols = BTreeMap::new();
+        let err = container_config(&p, c, "id", "sb", &refs(), &vols, "", "").unwrap_err();
+        assert!(err.contains("names no volume"), "{err}");
+    }
+
+    #[test]
+    fn quantities_and_expansion_edge_cases() {
+        assert_eq!(quantity("128Mi"), Some(134217728.0));
+        assert_eq!(quantity("250m"), Some(0.25));
+        assert_eq!(quantity("x"), None);
+        let vars = [("A".to_string(), "1".to_string())].into();
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &vars), "1-$(B)-$(A)-$");
+    }
+}

@@ -1,0 +1,106 @@
+//! `podlet agent`: the node agent's flags, turned into a [`podlet_agent::AgentConfig`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+/// `podlet agent` flags (k3s agent style).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The master's URL, e.g. https://10.0.0.1:6443.
+    #[arg(long)]
+    server: String,
+    /// The node join token (the master's `<data-dir>/node-token`).
+    #[arg(long, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the node join token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The master's CA certificate (the master's `<data-dir>/ca.crt`).
+    #[arg(long, value_name = "FILE")]
+    ca_file: PathBuf,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The address other nodes reach this one on (default: the first non-loopback IPv4).
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// The agent's own files: node token, CNI configuration and leases, pod volumes.
+    #[arg(long, default_value = "/var/lib/podlet/agent")]
+    data_dir: PathBuf,
+    /// Directories of CNI plugins, ':'-separated (podlet's own directory is searched last).
+    #[arg(long, value_name = "DIRS", default_value = podlet_runtime::pod::cni::DEFAULT_PLUGIN_DIR)]
+    cni_path: String,
+}
+
+fn node_name(given: Option<&str>) -> Result<String> {
+    let name = match given {
+        Some(n) => n.to_string(),
+        None => nix::unistd::gethostname()
+            .context("read the host name")?
+            .to_string_lossy()
+            .to_ascii_lowercase(),
+    };
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !ok {
+        bail!("node name {name:?}: use lowercase letters, digits, '-' and '.' (give --node-name)");
+    }
+    Ok(name)
+}
+
+/// Runs `podlet agent` until it is stopped.
+pub fn run(
+    root: &Path,
+    state: &Path,
+    cgroup_root: Option<&Path>,
+    a: &AgentArgs,
+) -> Result<ExitCode> {
+    let token = match (&a.token, &a.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("--token-file {}", f.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => bail!("give the node join token with --token or --token-file"),
+    };
+    if !a.ca_file.is_file() {
+        bail!("--ca-file {}: no such file", a.ca_file.display());
+    }
+    let node_ip = match a.node_ip {
+        Some(ip) => ip,
+        None => podlet_agent::node::default_node_ip()
+            .context("no non-loopback IPv4 address found; give --node-ip")?,
+    };
+    let cfg = podlet_agent::AgentConfig {
+        server: a.server.clone(),
+        join_token: token,
+        ca_file: a.ca_file.clone(),
+        node_name: node_name(a.node_name.as_deref())?,
+        node_ip,
+        data_dir: a.data_dir.clone(),
+        root: root.to_path_buf(),
+        state: state.to_path_buf(),
+        cgroup_root: cgroup_root.map(Path::to_path_buf),
+        exe: std::env::current_exe().context("locate the podlet binary")?,
+        cni_plugin_dirs: std::env::split_paths(&a.cni_path)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    eprintln!(
+        "podlet agent: node {} ({}) joining {}",
+        cfg.node_name, cfg.node_ip, cfg.server
+    );
+    rt.block_on(podlet_agent::run(cfg))?;
+    Ok(ExitCode::SUCCESS)
+}
