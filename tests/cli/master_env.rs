@@ -17,13 +17,26 @@ pub struct Master {
 
 impl Master {
     /// Starts a master on a free loopback port, with `extra` flags, keeping state in `data`.
+    #[allow(dead_code)] // the agent tests start theirs inside a namespace
     pub fn start(data: &Path, extra: &[&str]) -> Master {
         Master::start_on(data, "127.0.0.1:0", extra)
     }
 
     /// Starts a master on `listen`.
+    #[allow(dead_code)]
     pub fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Master {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_podlet"))
+        Master::start_with(
+            Command::new(env!("CARGO_BIN_EXE_podlet")),
+            data,
+            listen,
+            extra,
+        )
+    }
+
+    /// Starts a master with `program` (e.g. `nsenter --net=… podlet`, to serve from inside a
+    /// test's network namespace).
+    pub fn start_with(mut program: Command, data: &Path, listen: &str, extra: &[&str]) -> Master {
+        let mut child = program
             .args(["master", "--listen", listen, "--data-dir"])
             .arg(data)
             .args(extra)
