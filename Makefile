@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api bench-scheduler conformance
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api bench-scheduler bench-pods conformance
 
 all: build
 
@@ -66,6 +66,11 @@ bench-api:
 # The scheduler: 10,000 pods onto 1,000 simulated nodes (results: docs/benchmarks.md).
 bench-scheduler:
 	$(CARGO) bench --bench scheduler
+
+# Pod start-up through a master and three agents in node namespaces, 100 pods (docs/benchmarks.md).
+bench-pods: release
+	$(CARGO) build --release -p podlet-testkit --bins
+	$(CARGO) bench --bench pods
 
 # The OCI runtime-tools validation suite; RUNTIME_TOOLS=checkout built with Go (docs/conformance.md).
 conformance: build
