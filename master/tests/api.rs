@@ -97,6 +97,19 @@ impl Api {
         )
         .await
     }
+
+    /// `POST /podlet/v1/join` for `node` with `token`.
+    async fn join(&self, token: &str, node: &str) -> (StatusCode, Value) {
+        let body = json!({ "nodeName": node }).to_string().into_bytes();
+        self.call(
+            "POST",
+            "/podlet/v1/join",
+            Some(token),
+            "application/json",
+            body,
+        )
+        .await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,26 +146,10 @@ async fn nodes_may_only_write_their_own_objects() {
         .0,
         StatusCode::FORBIDDEN
     );
-    let (code, v) = a
-        .call(
-            "POST",
-            "/podlet/v1/join",
-            Some(&a.sec.join_token),
-            "application/json",
-            br#"{"nodeName":"n1"}"#.to_vec(),
-        )
-        .await;
+    let (code, v) = a.join(&a.sec.join_token, "n1").await;
     assert_eq!(code, StatusCode::OK, "{v}");
     let n1 = v["token"].as_str().unwrap().to_string();
-    let (_, v) = a
-        .call(
-            "POST",
-            "/podlet/v1/join",
-            Some(&a.sec.join_token),
-            "application/json",
-            br#"{"nodeName":"n1"}"#.to_vec(),
-        )
-        .await;
+    let (_, v) = a.join(&a.sec.join_token, "n1").await;
     assert_eq!(
         v["token"],
         n1.as_str(),
@@ -419,15 +416,7 @@ async fn nodes_may_only_write_their_own_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_read_only_the_secrets_and_config_maps_their_pods_reference() {
     let a = api().await;
-    let (code, v) = a
-        .call(
-            "POST",
-            "/podlet/v1/join",
-            Some(&a.sec.join_token),
-            "application/json",
-            br#"{"nodeName":"n1"}"#.to_vec(),
-        )
-        .await;
+    let (code, v) = a.join(&a.sec.join_token, "n1").await;
     assert_eq!(code, StatusCode::OK, "{v}");
     let n1 = v["token"].as_str().unwrap().to_string();
     for (kind, plural, name) in [

@@ -10,7 +10,7 @@ mod runc_env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use podlet_testkit::vm::{self, VmConfig};
+use podlet_testkit::vm;
 use runc_env::{stderr, stdout, Env};
 use serde_json::{json, Value};
 
@@ -157,13 +157,5 @@ fn inside_vm_runtime_v2_resources() {
 
 #[test]
 fn runtime_maps_and_enforces_v2_resources() {
-    let outcome = vm::run_test("inside_vm_runtime_v2_resources", &VmConfig::default())
-        .expect("the cgroup v2 VM must boot");
-    assert!(
-        outcome.success() && outcome.output.contains("1 passed"),
-        "inside {} (status {}):\n{}",
-        outcome.backend,
-        outcome.status,
-        outcome.output
-    );
+    vm::assert_passes_inside("inside_vm_runtime_v2_resources");
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
 
 use super::convert::field_value;
 use super::refs::{Data, Refs};
@@ -66,17 +66,46 @@ fn keyed_files(
     Ok(out)
 }
 
-fn source_data<'a>(
+/// The files of a ConfigMap or Secret source (`kind` names it in errors); none when it is
+/// missing and optional.
+fn keyed_source(
     kind: &str,
     name: &str,
-    found: Option<&'a Option<Data>>,
+    found: Option<&Option<Data>>,
     optional: bool,
-) -> Result<Option<&'a Data>, String> {
+    items: Option<&Vec<KeyToPath>>,
+    mode: u32,
+) -> Result<Files, String> {
     match found {
-        Some(Some(d)) => Ok(Some(d)),
-        _ if optional => Ok(None),
+        Some(Some(d)) => keyed_files(&format!("{kind} {name:?}"), d, items, mode),
+        _ if optional => Ok(Files::new()),
         _ => Err(format!("{kind} {name:?} not found")),
     }
+}
+
+/// The files of downward-API items.
+fn downward_files(
+    items: Option<&Vec<DownwardAPIVolumeFile>>,
+    default_mode: u32,
+    pod: &Pod,
+    pod_ip: &str,
+    host_ip: &str,
+) -> Result<Files, String> {
+    let mut out = Files::new();
+    for it in items.into_iter().flatten() {
+        check_rel(&it.path)?;
+        let Some(f) = &it.field_ref else {
+            return Err(format!(
+                "downwardAPI item {:?}: only fieldRef is supported",
+                it.path
+            ));
+        };
+        let value = field_value(pod, &f.field_path, pod_ip, host_ip)
+            .ok_or_else(|| format!("unsupported fieldPath {:?}", f.field_path))?;
+        let m = it.mode.map(|m| m as u32).unwrap_or(default_mode);
+        out.insert(it.path.clone(), (value.into_bytes(), m));
+    }
+    Ok(out)
 }
 
 /// The files of a file-backed volume (`None` for emptyDir/hostPath/unsupported types).
@@ -88,118 +117,78 @@ pub fn volume_files(
     host_ip: &str,
 ) -> Option<Result<Files, String>> {
     let mode = |m: Option<i32>| m.map(|m| m as u32).unwrap_or(0o644);
+    let cms = &refs.config_maps;
+    let secrets = &refs.secrets;
     if let Some(cm) = &v.config_map {
-        return Some((|| {
-            let data = source_data(
-                "configmap",
-                &cm.name,
-                refs.config_maps.get(&cm.name),
-                cm.optional == Some(true),
-            )?;
-            match data {
-                Some(d) => keyed_files(
-                    &format!("configmap {:?}", cm.name),
-                    d,
-                    cm.items.as_ref(),
-                    mode(cm.default_mode),
-                ),
-                None => Ok(Files::new()),
-            }
-        })());
+        let optional = cm.optional == Some(true);
+        let (items, m) = (cm.items.as_ref(), mode(cm.default_mode));
+        return Some(keyed_source(
+            "configmap",
+            &cm.name,
+            cms.get(&cm.name),
+            optional,
+            items,
+            m,
+        ));
     }
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        return Some((|| {
-            let data = source_data(
-                "secret",
-                &name,
-                refs.secrets.get(&name),
-                s.optional == Some(true),
-            )?;
-            match data {
-                Some(d) => keyed_files(
-                    &format!("secret {name:?}"),
-                    d,
-                    s.items.as_ref(),
-                    mode(s.default_mode),
-                ),
-                None => Ok(Files::new()),
-            }
-        })());
+        let optional = s.optional == Some(true);
+        let (items, m) = (s.items.as_ref(), mode(s.default_mode));
+        return Some(keyed_source(
+            "secret",
+            &name,
+            secrets.get(&name),
+            optional,
+            items,
+            m,
+        ));
     }
     if let Some(d) = &v.downward_api {
-        return Some((|| {
-            let mut out = Files::new();
-            for it in d.items.iter().flatten() {
-                check_rel(&it.path)?;
-                let value = match &it.field_ref {
-                    Some(f) => field_value(pod, &f.field_path, pod_ip, host_ip)
-                        .ok_or_else(|| format!("unsupported fieldPath {:?}", f.field_path))?,
-                    None => String::new(),
-                };
-                let m = it.mode.map(|m| m as u32).unwrap_or(mode(d.default_mode));
-                out.insert(it.path.clone(), (value.into_bytes(), m));
-            }
-            Ok(out)
-        })());
+        return Some(downward_files(
+            d.items.as_ref(),
+            mode(d.default_mode),
+            pod,
+            pod_ip,
+            host_ip,
+        ));
     }
-    if let Some(p) = &v.projected {
-        return Some((|| {
-            let mut out = Files::new();
-            let dm = mode(p.default_mode);
-            for src in p.sources.iter().flatten() {
-                if let Some(cm) = &src.config_map {
-                    let data = source_data(
-                        "configmap",
-                        &cm.name,
-                        refs.config_maps.get(&cm.name),
-                        cm.optional == Some(true),
-                    )?;
-                    if let Some(d) = data {
-                        out.extend(keyed_files(
-                            &format!("configmap {:?}", cm.name),
-                            d,
-                            cm.items.as_ref(),
-                            dm,
-                        )?);
-                    }
-                }
-                if let Some(s) = &src.secret {
-                    let data = source_data(
-                        "secret",
-                        &s.name,
-                        refs.secrets.get(&s.name),
-                        s.optional == Some(true),
-                    )?;
-                    if let Some(d) = data {
-                        out.extend(keyed_files(
-                            &format!("secret {:?}", s.name),
-                            d,
-                            s.items.as_ref(),
-                            dm,
-                        )?);
-                    }
-                }
-                if let Some(d) = &src.downward_api {
-                    for it in d.items.iter().flatten() {
-                        check_rel(&it.path)?;
-                        if let Some(f) = &it.field_ref {
-                            let value = field_value(pod, &f.field_path, pod_ip, host_ip)
-                                .ok_or_else(|| {
-                                    format!("unsupported fieldPath {:?}", f.field_path)
-                                })?;
-                            out.insert(it.path.clone(), (value.into_bytes(), dm));
-                        }
-                    }
-                }
-                if src.service_account_token.is_some() {
-                    return Err("projected serviceAccountToken: the master cannot mint service account tokens yet".into());
-                }
+    let p = v.projected.as_ref()?;
+    Some((|| {
+        let mut out = Files::new();
+        let dm = mode(p.default_mode);
+        for src in p.sources.iter().flatten() {
+            if let Some(cm) = &src.config_map {
+                let optional = cm.optional == Some(true);
+                out.extend(keyed_source(
+                    "configmap",
+                    &cm.name,
+                    cms.get(&cm.name),
+                    optional,
+                    cm.items.as_ref(),
+                    dm,
+                )?);
             }
-            Ok(out)
-        })());
-    }
-    None
+            if let Some(s) = &src.secret {
+                let optional = s.optional == Some(true);
+                out.extend(keyed_source(
+                    "secret",
+                    &s.name,
+                    secrets.get(&s.name),
+                    optional,
+                    s.items.as_ref(),
+                    dm,
+                )?);
+            }
+            if let Some(d) = &src.downward_api {
+                out.extend(downward_files(d.items.as_ref(), dm, pod, pod_ip, host_ip)?);
+            }
+            if src.service_account_token.is_some() {
+                return Err("projected serviceAccountToken: the master cannot mint service account tokens yet".into());
+            }
+        }
+        Ok(out)
+    })())
 }
 
 fn io_msg(what: &str, path: &Path, e: std::io::Error) -> String {

@@ -237,11 +237,15 @@ fn pull_policy(c: &Container) -> String {
 impl PodRuntime {
     /// Finds the pod's existing containers in the engine (after an agent restart).
     fn adopt(&mut self, ctx: &SyncContext, uid: &str) {
-        let sandbox = naming::sandbox(uid);
-        for info in ctx.engine.list() {
-            if info.pod.as_deref() != Some(sandbox.as_str()) {
+        self.adopted = true;
+        // Only the pod's own sandbox is read: a new pod costs nothing, however many run.
+        let Ok(sandbox) = ctx.engine.pod(&naming::sandbox(uid)) else {
+            return;
+        };
+        for id in &sandbox.containers {
+            let Ok(info) = ctx.engine.inspect(id) else {
                 continue;
-            }
+            };
             let Some((kind, name, n)) = naming::parse(uid, &info.name) else {
                 continue;
             };
@@ -255,7 +259,6 @@ impl PodRuntime {
                 }
             }
         }
-        self.adopted = true;
     }
 
     /// Makes sure the sandbox runs; returns the pod IP.

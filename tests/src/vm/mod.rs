@@ -222,6 +222,10 @@ fn init_script(dir: &Path, program: &Path, args: &[&str], env: &[(String, String
          mount -t tmpfs tmpfs /run\n\
          mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          echo '+cpu +memory +pids +io' > /sys/fs/cgroup/cgroup.subtree_control\n\
+         ip link set lo up\n\
+         # overlayfs for image snapshots: QEMU's kernel loads it from the host's /lib/modules;\n\
+         # UML's modules live in /usr/lib/uml/modules.\n\
+         modprobe overlay 2>/dev/null || insmod /usr/lib/uml/modules/$(uname -r)/kernel/fs/overlayfs/overlay.ko 2>/dev/null\n\
          echo booted > {d}/booted\n\
          cd {d}\n\
          {cmd} > {d}/output 2>&1 < /dev/null\n\
@@ -390,6 +394,19 @@ pub fn run_tests(test_names: &[&str], config: &VmConfig) -> Result<VmOutcome, Vm
         outcome.elapsed.as_secs_f64()
     );
     Ok(outcome)
+}
+
+/// Runs `test_name` of the calling test binary inside the guest and panics, with its output,
+/// unless it ran and passed there (the driver side of a cgroup v2 tier test).
+pub fn assert_passes_inside(test_name: &str) {
+    let outcome = run_test(test_name, &VmConfig::default()).expect("the cgroup v2 VM must boot");
+    assert!(
+        outcome.success() && outcome.output.contains("1 passed"),
+        "{test_name} inside {} (status {}):\n{}",
+        outcome.backend,
+        outcome.status,
+        outcome.output
+    );
 }
 
 /// Runs one test of the calling test binary inside the guest; see [`run_tests`].
