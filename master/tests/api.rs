@@ -482,6 +482,107 @@ async fn nodes_read_only_the_secrets_and_config_maps_their_pods_reference() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_pods_terminate_gracefully_before_they_are_deleted() {
+    let a = api().await;
+    let (_, v) = a.join(&a.sec.join_token, "n1").await;
+    let n1 = v["token"].as_str().unwrap().to_string();
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = |name: &str, node: Option<&str>| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+               "spec": {"nodeName": node, "terminationGracePeriodSeconds": 20,
+                        "containers": [{"name": "c", "image": "busybox"}]}})
+    };
+    assert_eq!(
+        a.admin("POST", pods, pod("bound", Some("n1"))).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        a.admin("POST", pods, pod("pending", None)).await.0,
+        StatusCode::CREATED
+    );
+    // Bound: marked, not removed; the grace period is the pod's.
+    let (code, v) = a
+        .admin("DELETE", &format!("{pods}/bound"), Value::Null)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 20, "{v}");
+    assert!(v["metadata"]["deletionTimestamp"].is_string());
+    let (code, v) = a.admin("GET", &format!("{pods}/bound"), Value::Null).await;
+    assert_eq!(
+        code,
+        StatusCode::OK,
+        "a terminating pod must still exist: {v}"
+    );
+    // Deleting again may shorten the grace period, never lengthen it.
+    let (_, v) = a
+        .admin(
+            "DELETE",
+            &format!("{pods}/bound"),
+            json!({"gracePeriodSeconds": 5}),
+        )
+        .await;
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 5, "{v}");
+    let (_, v) = a
+        .admin(
+            "DELETE",
+            &format!("{pods}/bound"),
+            json!({"gracePeriodSeconds": 60}),
+        )
+        .await;
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 5, "{v}");
+    // Its node finishes it with grace 0 (as the agent does after stopping it).
+    let (code, v) = a
+        .call(
+            "DELETE",
+            &format!("{pods}/bound?gracePeriodSeconds=0"),
+            Some(&n1),
+            "application/json",
+            vec![],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(
+        a.admin("GET", &format!("{pods}/bound"), Value::Null)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    // Not bound to a node: nothing runs it, so it goes at once.
+    assert_eq!(
+        a.admin("DELETE", &format!("{pods}/pending"), Value::Null)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.admin("GET", &format!("{pods}/pending"), Value::Null)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    // A malformed grace period names the problem.
+    assert_eq!(
+        a.admin("POST", pods, pod("bad", Some("n1"))).await.0,
+        StatusCode::CREATED
+    );
+    let (code, v) = a
+        .admin(
+            "DELETE",
+            &format!("{pods}/bad"),
+            json!({"gracePeriodSeconds": -3}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gracePeriodSeconds"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_bodies_get_status_errors() {
     let a = api().await;
     let huge = vec![b' '; 4 * 1024 * 1024];

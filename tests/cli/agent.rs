@@ -202,6 +202,26 @@ fn a_deployment_runs_heals_and_moves_across_three_agents() {
 
     // kubectl delete pod: stopped, removed from its node, and replaced.
     c.kubectl_ok(&["delete", "pod", &oname, "--wait=false"]);
+    let terminating = c.kubectl_json(&["get", "pod", &oname, "-o", "json"]);
+    if let Some(t) = terminating {
+        // Graceful: marked with the pod's grace period until its agent has stopped it.
+        assert_eq!(
+            t["metadata"]["deletionGracePeriodSeconds"], 5,
+            "{}",
+            t["metadata"]
+        );
+    }
+    wait_for(
+        "the deleted pod gone from the API",
+        Duration::from_secs(30),
+        || {
+            c.kubectl(&["get", "pod", &oname])
+                .status
+                .success()
+                .then_some(())
+                .xor(Some(()))
+        },
+    );
     wait_for("a replacement pod Ready", Duration::from_secs(60), || {
         let pods = c.pods("app=web");
         (pods.len() == 3

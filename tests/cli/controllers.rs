@@ -73,6 +73,21 @@ fn sim_node_with_load(
                 .unwrap_or_default();
             let report = load.lock().unwrap().clone();
             for p in mine {
+                if p.metadata.deletion_timestamp.is_some() {
+                    // Terminating: "stopped" at once, then finished with grace 0, as an agent
+                    // does after its grace period.
+                    let api: Api<Pod> = Api::namespaced(
+                        c.clone(),
+                        p.metadata.namespace.as_deref().unwrap_or("default"),
+                    );
+                    let _ = api
+                        .delete(
+                            p.metadata.name.as_deref().unwrap_or(""),
+                            &kube::api::DeleteParams::default().grace_period(0),
+                        )
+                        .await;
+                    continue;
+                }
                 if let Some(cpu) = &report {
                     let have = p
                         .metadata
@@ -248,6 +263,12 @@ async fn deployments_spread_roll_out_within_bounds_and_undo() {
         while let Some(Ok(ev)) = s.next().await {
             let mut st = st.lock().unwrap();
             match ev {
+                // Terminating pods no longer count (Kubernetes' maxSurge ignores them).
+                WatchEvent::Added(p) | WatchEvent::Modified(p)
+                    if p.metadata.deletion_timestamp.is_some() =>
+                {
+                    st.remove(&p.metadata.name.clone().unwrap());
+                }
                 WatchEvent::Added(p) | WatchEvent::Modified(p) => {
                     st.insert(p.metadata.name.clone().unwrap(), ready(&p));
                 }

@@ -50,6 +50,38 @@ pub async fn delete(
                 return Err(ApiError::conflict(r, name));
             }
         }
+        if let Some(grace) = graceful_pod_deletion(r, &obj, opts)? {
+            // A running pod bound to a node terminates first: its agent stops it within the
+            // grace period, then deletes it with grace 0 (as kubelet does).
+            let mut marked = obj.clone();
+            let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+            marked["metadata"]["deletionTimestamp"] =
+                json!(until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            match st
+                .store
+                .update(&key, st.codec.encode(&marked)?, Some(kv.mod_revision))
+                .await
+            {
+                Ok(rev) => {
+                    marked["metadata"]["resourceVersion"] = json!(rev.to_string());
+                    return Ok(marked);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::from_store(r, name, e)),
+            }
+        }
+        if r.kind == "Pod" && !obj["metadata"]["deletionTimestamp"].is_null() {
+            let shorter = opts["gracePeriodSeconds"].as_i64().is_some_and(|g| g == 0);
+            let finalizers_left = obj["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            if !shorter && !finalizers_left && pod_bound_and_running(&obj) {
+                // Already terminating with its grace period: nothing changes until the agent
+                // (or a forced delete) finishes it.
+                return Ok(obj);
+            }
+        }
         let finalizers = obj["metadata"]["finalizers"]
             .as_array()
             .cloned()
@@ -110,6 +142,47 @@ pub async fn delete(
         }
     }
     Err(ApiError::conflict(r, name))
+}
+
+/// Whether a pod is bound to a node and has not finished (its containers may be running).
+fn pod_bound_and_running(pod: &Value) -> bool {
+    let bound = pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    bound && !finished
+}
+
+/// For a pod that must terminate gracefully, the grace period in seconds (`None`: delete
+/// now). As Kubernetes: a bound, unfinished pod gets `deletionTimestamp` = now + grace
+/// (`gracePeriodSeconds`, else `spec.terminationGracePeriodSeconds`, else 30); grace 0, an
+/// unbound or a finished pod is deleted at once; a second delete may only shorten the grace.
+fn graceful_pod_deletion(r: &Resource, pod: &Value, opts: &Value) -> Result<Option<i64>, ApiError> {
+    if r.kind != "Pod" || !pod_bound_and_running(pod) {
+        return Ok(None);
+    }
+    let grace = match &opts["gracePeriodSeconds"] {
+        Value::Null => pod["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30),
+        v => v.as_i64().filter(|g| *g >= 0).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "gracePeriodSeconds {v}: must be a non-negative integer"
+            ))
+        })?,
+    };
+    if grace == 0 {
+        return Ok(None);
+    }
+    let current = pod["metadata"]["deletionGracePeriodSeconds"].as_i64();
+    match (pod["metadata"]["deletionTimestamp"].is_null(), current) {
+        (true, _) => Ok(Some(grace)),
+        (false, Some(c)) if grace < c => Ok(Some(grace)),
+        _ => Ok(None),
+    }
 }
 
 /// Every object (in `ns` for namespaced kinds) with an owner reference to `uid`.

@@ -388,11 +388,26 @@ pub async fn handle(
         "delete" => {
             let live = get_object(st, &t).await?;
             authorize(id, verb, &t, None, Some(&live))?;
-            let opts = if body.is_empty() {
+            let mut opts = if body.is_empty() {
                 json!({})
             } else {
                 decode_body(headers, &body)?
             };
+            if !opts.is_object() {
+                return Err(ApiError::BadRequest(
+                    "the request body is not a DeleteOptions object".into(),
+                ));
+            }
+            // DeleteOptions may also come as query parameters.
+            if let Some(g) = q(query, "gracePeriodSeconds") {
+                let g: i64 = g.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("gracePeriodSeconds {g:?}: not an integer"))
+                })?;
+                opts["gracePeriodSeconds"] = json!(g);
+            }
+            if let Some(p) = q(query, "propagationPolicy") {
+                opts["propagationPolicy"] = json!(p);
+            }
             let out = super::gc::delete(
                 st,
                 t.resource,

@@ -266,8 +266,13 @@ async fn sync_one(ctx: &Ctx, d: &Value, all_rs: &[Arc<Value>], pods: &[Arc<Value
                 for o in &olds {
                     scale(ctx, o, 0, want, 0).await;
                 }
-                let old_pods: i64 = olds.iter().map(|o| rs_pods(o).0).sum();
-                if old_pods == 0 {
+                // Recreate waits until no old pod exists, terminating ones included (they
+                // may still run until their agent has stopped them).
+                let old_pods = pods.iter().any(|p| {
+                    olds.iter()
+                        .any(|o| controlled_by(p, o["metadata"]["uid"].as_str().unwrap_or("")))
+                });
+                if !old_pods {
                     scale(ctx, nrs, want, want, 0).await;
                 }
             } else {

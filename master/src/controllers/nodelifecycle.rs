@@ -122,7 +122,11 @@ async fn pass(ctx: &Ctx, nodes: &Informer, leases: &Informer, pods: &Informer) {
                 if !allowed {
                     let ns = p["metadata"]["namespace"].as_str();
                     let pname = p["metadata"]["name"].as_str().unwrap_or("");
-                    let _ = ctx.delete(res("Pod"), ns, pname, &json!({})).await;
+                    // The node is gone: nothing will stop the pod gracefully, so it is
+                    // removed at once (the agent tears it down if the node comes back).
+                    let _ = ctx
+                        .delete(res("Pod"), ns, pname, &json!({"gracePeriodSeconds": 0}))
+                        .await;
                     tracing::info!(node = %name, pod = %pname, "evicted from a lost node");
                 }
             }
