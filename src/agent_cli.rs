@@ -54,6 +54,54 @@ fn node_name(given: Option<&str>) -> Result<String> {
     Ok(name)
 }
 
+/// The node agent `podlet master` runs in-process (k3s style) for its own node.
+#[derive(Debug, Clone)]
+pub struct EmbeddedAgent {
+    /// Node name (default: the host name).
+    pub node_name: Option<String>,
+    /// Node address (default: the first non-loopback IPv4).
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Image store root.
+    pub root: PathBuf,
+    /// Runtime state root.
+    pub state: PathBuf,
+    /// Cgroup root override.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+impl EmbeddedAgent {
+    /// The agent's configuration for a master serving on `addr` with `data_dir`.
+    pub fn config(
+        &self,
+        addr: std::net::SocketAddr,
+        join_token: &str,
+        data_dir: &Path,
+    ) -> Result<podlet_agent::AgentConfig> {
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        Ok(podlet_agent::AgentConfig {
+            server: format!("https://{host}:{}", addr.port()),
+            join_token: join_token.to_string(),
+            ca_file: data_dir.join("ca.crt"),
+            node_name: node_name(self.node_name.as_deref())?,
+            node_ip: match self.node_ip {
+                Some(ip) => ip,
+                None => podlet_agent::node::default_node_ip()
+                    .context("no non-loopback IPv4 address found; give --node-ip")?,
+            },
+            data_dir: data_dir.join("agent"),
+            root: self.root.clone(),
+            state: self.state.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+            exe: std::env::current_exe().context("locate the podlet binary")?,
+            cni_plugin_dirs: vec![PathBuf::from(podlet_runtime::pod::cni::DEFAULT_PLUGIN_DIR)],
+        })
+    }
+}
+
 /// Runs `podlet agent` until it is stopped.
 pub fn run(
     root: &Path,

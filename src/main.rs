@@ -167,6 +167,15 @@ enum Command {
         /// and encryption key (default: `<data-dir>/cluster-token`, made on first start).
         #[arg(long)]
         token: Option<String>,
+        /// Do not run a node agent in the master (by default the master's host is a node too).
+        #[arg(long)]
+        disable_agent: bool,
+        /// The master's own node name (default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// The master's own node address (default: the first non-loopback IPv4).
+        #[arg(long)]
+        node_ip: Option<std::net::Ipv4Addr>,
     },
     /// Apply manifests to the cluster (server-side apply), like `kubectl apply -f`.
     Apply {
@@ -301,7 +310,10 @@ fn block(fut: impl std::future::Future<Output = Result<ExitCode>>) -> Result<Exi
         .block_on(fut)
 }
 
-fn run_master(cfg: podlet_master::serve::MasterConfig) -> Result<ExitCode> {
+fn run_master(
+    cfg: podlet_master::serve::MasterConfig,
+    agent: Option<agent_cli::EmbeddedAgent>,
+) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,6 +335,19 @@ fn run_master(cfg: podlet_master::serve::MasterConfig) -> Result<ExitCode> {
             "podlet master: node join token: {}",
             data_dir.join("node-token").display()
         );
+        if let Some(agent) = agent {
+            match agent.config(addr, &sec.join_token, &data_dir) {
+                Ok(cfg) => {
+                    println!("podlet master: node agent for node {}", cfg.node_name);
+                    tokio::spawn(async move {
+                        if let Err(e) = podlet_agent::run(cfg).await {
+                            eprintln!("podlet master: the node agent stopped: {e}");
+                        }
+                    });
+                }
+                Err(e) => eprintln!("podlet master: no node agent: {e:#}"),
+            }
+        }
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }))?;
@@ -456,13 +481,25 @@ fn main() -> ExitCode {
             etcd_endpoints,
             tls_san,
             token,
-        } => run_master(podlet_master::serve::MasterConfig {
-            data_dir: data_dir.clone(),
-            listen: *listen,
-            etcd: etcd_endpoints.clone(),
-            tls_san: tls_san.clone(),
-            token: token.clone(),
-        }),
+            disable_agent,
+            node_name,
+            node_ip,
+        } => run_master(
+            podlet_master::serve::MasterConfig {
+                data_dir: data_dir.clone(),
+                listen: *listen,
+                etcd: etcd_endpoints.clone(),
+                tls_san: tls_san.clone(),
+                token: token.clone(),
+            },
+            (!disable_agent).then(|| agent_cli::EmbeddedAgent {
+                node_name: node_name.clone(),
+                node_ip: *node_ip,
+                root: cli.root.clone(),
+                state: cli.state.clone(),
+                cgroup_root: cli.cgroup_root.clone(),
+            }),
+        ),
         Command::Rm { force, names } => run_cli::rm(
             &cli.root,
             &cli.state,

@@ -418,3 +418,45 @@ fn probes_restart_policies_and_bad_pods_report_truthfully() {
         },
     );
 }
+
+#[test]
+fn the_master_is_a_node_too_unless_its_agent_is_disabled() {
+    let c = Cluster::with_embedded_agent(2);
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+        imagePullPolicy: Never
+        command: ["sh", "-c", "mkdir -p /w && echo hi-$HOSTNAME > /w/index.html && exec httpd -f -p 80 -h /w"]
+"#,
+    );
+    let pods = wait_for("2 hello pods Running", Duration::from_secs(60), || {
+        let pods = c.pods("app=hello");
+        (pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p["status"]["phase"] == "Running" && ready(p)))
+        .then_some(pods)
+    });
+    let on_master = pods.iter().filter(|p| c.node_index(p) == 0).count();
+    assert_eq!(on_master, 1, "one replica on the master's own node");
+    for p in &pods {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        let name = p["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            c.fetch(1, &format!("http://{ip}/"))
+                .map(|s| s.trim().to_string()),
+            Some(format!("hi-{name}"))
+        );
+    }
+}

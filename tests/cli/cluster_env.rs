@@ -62,6 +62,15 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 impl Cluster {
     /// A master on node0 and agents on `n` nodes, all Ready with a pod CIDR.
     pub fn new(n: usize) -> Cluster {
+        Cluster::build(n, false)
+    }
+
+    /// Like [`Cluster::new`], but node0's agent is the one `podlet master` runs itself.
+    pub fn with_embedded_agent(n: usize) -> Cluster {
+        Cluster::build(n, true)
+    }
+
+    fn build(n: usize, embedded: bool) -> Cluster {
         let topo = Topology::new(n, &bins::workspace_bin("podlet-test-workload")).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let rootfs = busybox::rootfs(
@@ -91,12 +100,27 @@ impl Cluster {
             nodes.push(d);
         }
         let ip = topo.nodes[0].ip.to_string();
-        let master = Master::start_with(
-            topo.nodes[0].netns().command(PODLET, &[]),
-            &dir.path().join("master"),
-            &format!("{ip}:6443"),
-            &["--tls-san", &ip],
-        );
+        let master = if embedded {
+            let mut program = topo.nodes[0].netns().command(PODLET, &[]);
+            program
+                .arg("--root")
+                .arg(&nodes[0].root)
+                .arg("--state")
+                .arg(&nodes[0].state);
+            Master::start_with_agent(
+                program,
+                &dir.path().join("master"),
+                &format!("{ip}:6443"),
+                &["--tls-san", &ip, "--node-name", "node0", "--node-ip", &ip],
+            )
+        } else {
+            Master::start_with(
+                topo.nodes[0].netns().command(PODLET, &[]),
+                &dir.path().join("master"),
+                &format!("{ip}:6443"),
+                &["--tls-san", &ip],
+            )
+        };
         let mut c = Cluster {
             dir,
             nodes,
@@ -104,7 +128,7 @@ impl Cluster {
             master: Some(master),
             topo,
         };
-        for i in 0..n {
+        for i in usize::from(embedded)..n {
             c.start_agent(i);
         }
         wait_for(

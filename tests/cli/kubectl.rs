@@ -535,7 +535,7 @@ fn kubectl_against_a_master_on_etcd() {
             "--etcd-endpoints",
             &etcd.endpoint,
         ])
-        .args(["--token", "wrong", "--data-dir"])
+        .args(["--disable-agent", "--token", "wrong", "--data-dir"])
         .arg(dir.path().join("master3"))
         .output()
         .unwrap();

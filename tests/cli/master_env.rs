@@ -34,8 +34,21 @@ impl Master {
     }
 
     /// Starts a master with `program` (e.g. `nsenter --net=… podlet`, to serve from inside a
-    /// test's network namespace).
-    pub fn start_with(mut program: Command, data: &Path, listen: &str, extra: &[&str]) -> Master {
+    /// test's network namespace), without its own node agent.
+    pub fn start_with(program: Command, data: &Path, listen: &str, extra: &[&str]) -> Master {
+        let mut args = vec!["--disable-agent"];
+        args.extend_from_slice(extra);
+        Master::start_with_agent(program, data, listen, &args)
+    }
+
+    /// Starts a master that also runs its node agent (unless `extra` disables it); it must run
+    /// inside a test's network namespace, where its pod network may be made.
+    pub fn start_with_agent(
+        mut program: Command,
+        data: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Master {
         let mut child = program
             .args(["master", "--listen", listen, "--data-dir"])
             .arg(data)
@@ -47,7 +60,7 @@ impl Master {
             .expect("start podlet master");
         let mut reader = BufReader::new(child.stdout.take().unwrap());
         let mut addr = String::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
