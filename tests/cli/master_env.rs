@@ -60,6 +60,7 @@ impl Master {
             .expect("start podlet master");
         let mut reader = BufReader::new(child.stdout.take().unwrap());
         let mut addr = String::new();
+        // The lines end with the join token's path (a node agent's line may follow, later).
         for _ in 0..4 {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -67,6 +68,9 @@ impl Master {
             }
             if let Some(rest) = line.trim().strip_prefix("podlet master: serving https://") {
                 addr = rest.split_whitespace().next().unwrap_or("").to_string();
+            }
+            if line.starts_with("podlet master: node join token:") {
+                break;
             }
         }
         // Keep draining stdout so the master never blocks on a full pipe.
