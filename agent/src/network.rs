@@ -6,8 +6,12 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
+use kube::runtime::watcher;
 use podlet_cni::ipam::Subnet;
 use podlet_cni::routing::PeerNode;
 use podlet_runtime::pod::PodNetwork;
@@ -19,8 +23,8 @@ use crate::{AgentConfig, AgentError};
 pub const NETWORK_NAME: &str = "podlet-k8s";
 /// The bridge in the node's network namespace.
 pub const BRIDGE: &str = "podletk8s0";
-/// How often routes to other nodes are re-synced.
-pub const ROUTE_SYNC: Duration = Duration::from_secs(3);
+/// How often routes to other nodes are re-applied without a change.
+pub const ROUTE_SYNC: Duration = Duration::from_secs(30);
 
 /// The CNI configuration list for `pod_cidr`.
 pub fn conflist(pod_cidr: &Subnet, data_dir: &Path) -> serde_json::Value {
@@ -98,28 +102,54 @@ pub fn peers(nodes: &[Node], me: &str) -> Vec<PeerNode> {
         .collect()
 }
 
-/// Keeps host-gw routes to the other nodes' pod CIDRs until the task is dropped.
+/// Keeps host-gw routes to the other nodes' pod CIDRs until the task is dropped: synced on
+/// every Node change seen by a watch, and re-applied every [`ROUTE_SYNC`] in case a route
+/// was removed behind the agent's back.
 pub async fn sync_routes(client: kube::Client, me: String) {
-    let nodes: Api<Node> = Api::all(client);
-    let mut last: Vec<PeerNode> = Vec::new();
+    let api: Api<Node> = Api::all(client);
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<String, Node>> = None;
+    let mut applied: Option<Vec<PeerNode>> = None;
+    let mut tick = tokio::time::interval(ROUTE_SYNC);
     loop {
-        match nodes.list(&ListParams::default()).await {
-            Ok(list) => {
-                let want = peers(&list.items, &me);
-                if want != last {
-                    let w = want.clone();
-                    match tokio::task::spawn_blocking(move || podlet_cni::routing::sync_host_gw(&w))
-                        .await
-                    {
-                        Ok(Ok(())) => last = want,
-                        Ok(Err(e)) => tracing::warn!(error = %e, "syncing routes to other nodes"),
-                        Err(e) => tracing::warn!(error = %e, "route sync task"),
+        let mut force = false;
+        tokio::select! {
+            ev = stream.next() => match ev {
+                Some(Ok(watcher::Event::Init)) => listing = Some(BTreeMap::new()),
+                Some(Ok(watcher::Event::InitApply(n))) => {
+                    if let Some(l) = listing.as_mut() {
+                        l.insert(n.metadata.name.clone().unwrap_or_default(), n);
                     }
+                    continue;
                 }
-            }
-            Err(e) => tracing::warn!(error = %e, "listing nodes for routes"),
+                Some(Ok(watcher::Event::InitDone)) => nodes = listing.take().unwrap_or_default(),
+                Some(Ok(watcher::Event::Apply(n))) => {
+                    nodes.insert(n.metadata.name.clone().unwrap_or_default(), n);
+                }
+                Some(Ok(watcher::Event::Delete(n))) => {
+                    nodes.remove(n.metadata.name.as_deref().unwrap_or(""));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watching nodes for routes");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                None => return,
+            },
+            _ = tick.tick() => force = true,
         }
-        tokio::time::sleep(ROUTE_SYNC).await;
+        let list: Vec<Node> = nodes.values().cloned().collect();
+        let want = peers(&list, &me);
+        if !force && applied.as_ref() == Some(&want) {
+            continue;
+        }
+        let w = want.clone();
+        match tokio::task::spawn_blocking(move || podlet_cni::routing::sync_host_gw(&w)).await {
+            Ok(Ok(())) => applied = Some(want),
+            Ok(Err(e)) => tracing::warn!(error = %e, "syncing routes to other nodes"),
+            Err(e) => tracing::warn!(error = %e, "route sync task"),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ fn restarts(p: &Value) -> i64 {
         .unwrap_or(0)
 }
 
+/// The web app; `{prestop}` is a host directory its preStop hook writes into.
 const WEB: &str = r#"
 apiVersion: v1
 kind: ConfigMap
@@ -64,16 +65,22 @@ spec:
         readinessProbe:
           httpGet: {path: /index.html, port: 8080}
           periodSeconds: 1
-        volumeMounts: [{name: page, mountPath: /config}]
+        lifecycle:
+          preStop:
+            exec: {command: ["sh", "-c", "echo bye > /stopped/$POD_NAME"]}
+        volumeMounts: [{name: page, mountPath: /config}, {name: stopped, mountPath: /stopped}]
       volumes:
       - name: page
         configMap: {name: site}
+      - name: stopped
+        hostPath: {path: "{prestop}", type: DirectoryOrCreate}
 "#;
 
 #[test]
 fn a_deployment_runs_heals_and_moves_across_three_agents() {
     let mut c = Cluster::new(3);
-    c.apply(WEB);
+    let stopped = c.dir.path().join("stopped");
+    c.apply(&WEB.replace("{prestop}", stopped.to_str().unwrap()));
     let pods = wait_for(
         "3 web pods Running and Ready",
         Duration::from_secs(90),
@@ -104,12 +111,14 @@ fn a_deployment_runs_heals_and_moves_across_three_agents() {
             format!("10.213.0.{}", c.node_index(p) + 1)
         );
         for from in 0..3 {
-            let page = c.fetch(from, &format!("http://{ip}:8080/index.html"));
-            assert_eq!(
-                page.as_deref(),
-                Some("hello from podlet v1"),
-                "{ip} from node{from}"
+            let url = format!("http://{ip}:8080/index.html");
+            // Routes to another node's pods follow its Node object: allow a moment.
+            let page = wait_for(
+                &format!("{ip} from node{from}"),
+                Duration::from_secs(5),
+                || c.fetch(from, &url),
             );
+            assert_eq!(page, "hello from podlet v1", "{ip} from node{from}");
         }
         let token = c.fetch(0, &format!("http://{ip}:8081/token.txt")).unwrap();
         let name = p["metadata"]["name"].as_str().unwrap();
@@ -230,6 +239,14 @@ fn a_deployment_runs_heals_and_moves_across_three_agents() {
                 .all(|p| p["metadata"]["name"] != oname.as_str() && ready(p)))
         .then_some(())
     });
+    // Its preStop hook ran before it was stopped.
+    assert_eq!(
+        std::fs::read_to_string(stopped.join(&oname))
+            .ok()
+            .as_deref(),
+        Some("bye\n"),
+        "the preStop hook did not run"
+    );
     wait_for(
         "the deleted pod's sandbox gone from its node",
         Duration::from_secs(30),

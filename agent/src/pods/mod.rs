@@ -71,9 +71,12 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
                     let uid = p.metadata.uid.clone().unwrap_or_default();
                     let grace = grace_of(&p);
                     let c = ctx.clone();
-                    let _ = tokio::task::spawn_blocking(move || worker::teardown(&c, &uid, grace))
-                        .await;
-                    tracing::info!(pod = ?p.metadata.name, "pod removed");
+                    let name = p.metadata.name.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        worker::teardown(&c, &uid, Some(&p), grace)
+                    })
+                    .await;
+                    tracing::info!(pod = ?name, "pod removed");
                 }
                 return;
             }
@@ -91,7 +94,9 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
             let grace = grace_of(&pod);
             let c = ctx.clone();
             let u = uid.clone();
-            let _ = tokio::task::spawn_blocking(move || worker::teardown(&c, &u, grace)).await;
+            let p = pod.clone();
+            let _ = tokio::task::spawn_blocking(move || worker::teardown(&c, &u, Some(&p), grace))
+                .await;
             let dp = DeleteParams {
                 grace_period_seconds: Some(0),
                 preconditions: Some(kube::api::Preconditions {
@@ -150,7 +155,8 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
                         let c = ctx.clone();
                         let p = last_pod.clone();
                         move || if let Some(p) = p {
-                            worker::teardown(&c, p.metadata.uid.as_deref().unwrap_or(""), grace_of(&p));
+                            let uid = p.metadata.uid.clone().unwrap_or_default();
+                            worker::teardown(&c, &uid, Some(&p), grace_of(&p));
                         }
                     }).await;
                     return;
@@ -172,7 +178,7 @@ fn remove_orphans(ctx: &SyncContext, known: &HashSet<String>) {
         };
         if p.name == naming::sandbox(uid) && !known.contains(uid) {
             tracing::info!(pod = %uid, "tearing down a pod deleted while the agent was away");
-            worker::teardown(ctx, uid, Duration::from_secs(2));
+            worker::teardown(ctx, uid, None, Duration::from_secs(2));
         }
     }
 }

@@ -138,30 +138,112 @@ fn grace_period(pod: &Pod) -> Duration {
     )
 }
 
-/// Stops every container of the pod with `uid` (SIGTERM, SIGKILL after `grace`), removes its
-/// sandbox (network released) and its volumes.
-pub fn teardown(ctx: &SyncContext, uid: &str, grace: Duration) {
-    let sandbox = naming::sandbox(uid);
+/// The signal that stops a container: its image's `STOPSIGNAL`, else SIGTERM.
+fn stop_signal(engine: &Engine, image: &str) -> Signal {
+    engine
+        .image_config(image)
+        .ok()
+        .and_then(|c| c.config().as_ref().and_then(|c| c.stop_signal().clone()))
+        .and_then(|s| parse_signal(&s))
+        .unwrap_or(Signal::SIGTERM)
+}
+
+/// `SIGQUIT`, `QUIT` or `3` as a signal.
+fn parse_signal(s: &str) -> Option<Signal> {
+    let s = s.trim().to_ascii_uppercase();
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let name = if s.starts_with("SIG") {
+        s
+    } else {
+        format!("SIG{s}")
+    };
+    name.parse().ok()
+}
+
+/// Runs a container's `preStop` handler (exec or httpGet), waiting at most until `deadline`.
+fn pre_stop(ctx: &SyncContext, c: &Container, id: &str, pod_ip: &str, deadline: Instant) {
+    let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) else {
+        return;
+    };
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    if let Some(e) = &h.exec {
+        let ok = probes::exec(
+            &ctx.engine,
+            id,
+            e.command.as_deref().unwrap_or_default(),
+            left,
+        );
+        tracing::info!(container = %id, ok, "preStop exec");
+    } else if let Some(g) = &h.http_get {
+        let port = match &g.port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
+                u16::try_from(*n).ok()
+            }
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.parse().ok(),
+        };
+        let host = g.host.clone().unwrap_or_else(|| pod_ip.to_string());
+        if let Some(port) = port {
+            let ok = probes::http_get(&host, port, g.path.as_deref().unwrap_or("/"), left);
+            tracing::info!(container = %id, ok, "preStop httpGet");
+        }
+    } else if let Some(s) = &h.sleep {
+        std::thread::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(left));
+    }
+}
+
+/// Stops every container of the pod with `uid` — `preStop` handlers first, then the image's
+/// stop signal (SIGTERM), SIGKILL once `grace` has passed — and removes its sandbox (network
+/// released) and its volumes. `pod` is the last spec seen, if any.
+pub fn teardown(ctx: &SyncContext, uid: &str, pod: Option<&Pod>, grace: Duration) {
+    let sandbox_name = naming::sandbox(uid);
     let engine = &ctx.engine;
-    let ids: Vec<String> = engine
-        .list()
-        .into_iter()
-        .filter(|c| c.pod.as_deref() == Some(sandbox.as_str()))
-        .map(|c| c.name)
-        .collect();
+    let sandbox = engine.pod(&sandbox_name).ok();
+    let ids: Vec<String> = sandbox
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    let pod_ip = sandbox
+        .as_ref()
+        .and_then(|s| s.ip.clone())
+        .unwrap_or_default();
+    let deadline = Instant::now() + grace;
+    let spec_of = |id: &str| -> Option<&Container> {
+        let (kind, name, _) = naming::parse(uid, id)?;
+        let spec = pod?.spec.as_ref()?;
+        match kind {
+            Kind::Regular => spec.containers.iter().find(|c| c.name == name),
+            Kind::Init => spec
+                .init_containers
+                .iter()
+                .flatten()
+                .find(|c| c.name == name),
+        }
+    };
     for id in &ids {
-        if engine.status(id) == Status::Running {
-            let _ = engine.kill(id, Signal::SIGTERM);
+        if let (Status::Running, Some(c)) = (engine.status(id), spec_of(id)) {
+            pre_stop(ctx, c, id, &pod_ip, deadline);
         }
     }
-    let deadline = Instant::now() + grace;
+    for id in &ids {
+        if engine.status(id) == Status::Running {
+            let sig = spec_of(id)
+                .and_then(|c| c.image.as_deref())
+                .map(|i| stop_signal(engine, i))
+                .unwrap_or(Signal::SIGTERM);
+            let _ = engine.kill(id, sig);
+        }
+    }
     while Instant::now() < deadline && ids.iter().any(|id| engine.status(id) == Status::Running) {
         std::thread::sleep(Duration::from_millis(50));
     }
     for id in &ids {
         let _ = engine.remove(id, true);
     }
-    match engine.remove_pod(&sandbox, true) {
+    match engine.remove_pod(&sandbox_name, true) {
         Ok(()) => {}
         Err(EngineError::Pod(podlet_runtime::pod::PodError::NotFound(_))) => {}
         Err(e) => tracing::warn!(pod = %uid, error = %e, "removing the pod sandbox"),
@@ -775,4 +857,37 @@ fn terminated_json(id: &str, e: &podlet_runtime::engine::ExitRecord) -> Value {
     };
     json!({"exitCode": e.exit_code, "reason": reason, "finishedAt": e.finished_at,
            "containerID": format!("podlet://{id}")})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_parse_like_docker() {
+        assert_eq!(parse_signal("SIGQUIT"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("quit"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+
+    #[test]
+    fn qos_classes() {
+        let pod = |res: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "c", "resources": res}]}}))
+            .unwrap()
+        };
+        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&pod(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&pod(
+                json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}})
+            )),
+            "Burstable"
+        );
+    }
 }
