@@ -22,6 +22,7 @@ PACKAGES=(
     linux-image-amd64 # the kernel QEMU boots (only its files are used; the host keeps its own)
     libseccomp-dev    # linux.seccomp is compiled with libseccomp
     podman            # drives podlet-runc in the compatibility test
+    runc              # the peer of make bench-runtime and bench-run (podman --runtime runc)
     skopeo            # pushes images to the test registry
     docker-registry   # a real OCI registry on loopback for pull/push tests
     apache2-utils     # htpasswd, for the registry basic-auth test
