@@ -33,6 +33,10 @@ pub struct AgentArgs {
     /// Directories of CNI plugins, ':'-separated (podlet's own directory is searched last).
     #[arg(long, value_name = "DIRS", default_value = podlet_runtime::pod::cni::DEFAULT_PLUGIN_DIR)]
     cni_path: String,
+    /// How pod traffic reaches other nodes: host-gw (nodes on one L2 segment) or vxlan.
+    /// Every node of a cluster must use the same.
+    #[arg(long, default_value = "host-gw")]
+    flannel_backend: podlet_agent::RouteBackend,
 }
 
 fn node_name(given: Option<&str>) -> Result<String> {
@@ -67,6 +71,8 @@ pub struct EmbeddedAgent {
     pub state: PathBuf,
     /// Cgroup root override.
     pub cgroup_root: Option<PathBuf>,
+    /// How pod traffic reaches other nodes.
+    pub backend: podlet_agent::RouteBackend,
 }
 
 impl EmbeddedAgent {
@@ -98,6 +104,7 @@ impl EmbeddedAgent {
             cgroup_root: self.cgroup_root.clone(),
             exe: std::env::current_exe().context("locate the podlet binary")?,
             cni_plugin_dirs: vec![PathBuf::from(podlet_runtime::pod::cni::DEFAULT_PLUGIN_DIR)],
+            backend: self.backend,
         })
     }
 }
@@ -139,6 +146,7 @@ pub fn run(
         cni_plugin_dirs: std::env::split_paths(&a.cni_path)
             .filter(|p| !p.as_os_str().is_empty())
             .collect(),
+        backend: a.flannel_backend,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -176,6 +176,9 @@ enum Command {
         /// The master's own node address (default: the first non-loopback IPv4).
         #[arg(long)]
         node_ip: Option<std::net::Ipv4Addr>,
+        /// How the master's own node routes pod traffic to the others: host-gw or vxlan.
+        #[arg(long, default_value = "host-gw")]
+        flannel_backend: podlet_agent::RouteBackend,
     },
     /// Apply manifests to the cluster (server-side apply), like `kubectl apply -f`.
     Apply {
@@ -484,6 +487,7 @@ fn main() -> ExitCode {
             disable_agent,
             node_name,
             node_ip,
+            flannel_backend,
         } => run_master(
             podlet_master::serve::MasterConfig {
                 data_dir: data_dir.clone(),
@@ -498,6 +502,7 @@ fn main() -> ExitCode {
                 root: cli.root.clone(),
                 state: cli.state.clone(),
                 cgroup_root: cli.cgroup_root.clone(),
+                backend: *flannel_backend,
             }),
         ),
         Command::Rm { force, names } => run_cli::rm(

@@ -40,6 +40,27 @@ pub enum AgentError {
     },
 }
 
+/// How pod traffic reaches other nodes (k3s's `--flannel-backend` values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteBackend {
+    /// A route per peer pod CIDR via the peer's address (nodes share an L2 segment).
+    #[default]
+    HostGw,
+    /// A VXLAN overlay (nodes only need IP reachability).
+    Vxlan,
+}
+
+impl std::str::FromStr for RouteBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host-gw" => Ok(RouteBackend::HostGw),
+            "vxlan" => Ok(RouteBackend::Vxlan),
+            other => Err(format!("{other:?}: expected host-gw or vxlan")),
+        }
+    }
+}
+
 /// How the agent is configured (`podlet agent` flags).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -65,6 +86,8 @@ pub struct AgentConfig {
     pub exe: PathBuf,
     /// Where CNI plugins are looked up (the executable's directory is added last).
     pub cni_plugin_dirs: Vec<PathBuf>,
+    /// How pod traffic reaches other nodes.
+    pub backend: RouteBackend,
 }
 
 /// Runs the agent: joins, registers the Node, keeps its Lease, sets up the pod network on the
@@ -82,7 +105,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let cidr = node::wait_pod_cidr(&client, &cfg.node_name).await?;
     let network = network::setup(&cfg, &cidr)?;
     tracing::info!(node = %cfg.node_name, pod_cidr = %cidr, "node registered");
-    tokio::spawn(network::sync_routes(client.clone(), cfg.node_name.clone()));
+    tokio::spawn(network::sync_routes(
+        client.clone(),
+        cfg.node_name.clone(),
+        network::overlay(&cfg, &cidr)?,
+    ));
     let engine = podlet_runtime::engine::Engine::open(podlet_runtime::engine::EngineConfig {
         root: cfg.root.clone(),
         state: cfg.state.clone(),

@@ -1,6 +1,7 @@
 //! The pod network on this node: a CNI configuration for `podlet-cni` on the node's pod CIDR
-//! (bridge `podletk8s0`, the first address as the gateway), and host-gw routes to every other
-//! node's pod CIDR through that node's address, kept in sync from the Node objects.
+//! (bridge `podletk8s0`, the first address as the gateway), and routes to every other node's
+//! pod CIDR kept in sync from the Node objects — host-gw (through that node's address) or a
+//! VXLAN overlay (`podlet.vxlan`, flannel-style VTEPs; pods get MTU 1450).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -13,11 +14,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::watcher;
 use podlet_cni::ipam::Subnet;
-use podlet_cni::routing::PeerNode;
+use podlet_cni::routing::{PeerNode, VxlanConfig};
 use podlet_runtime::pod::PodNetwork;
 use serde_json::json;
 
-use crate::{AgentConfig, AgentError};
+use crate::{AgentConfig, AgentError, RouteBackend};
 
 /// The CNI network name pods of the cluster are attached to.
 pub const NETWORK_NAME: &str = "podlet-k8s";
@@ -26,10 +27,36 @@ pub const BRIDGE: &str = "podletk8s0";
 /// How often routes to other nodes are re-applied without a change.
 pub const ROUTE_SYNC: Duration = Duration::from_secs(30);
 
-/// The CNI configuration list for `pod_cidr`.
-pub fn conflist(pod_cidr: &Subnet, data_dir: &Path) -> serde_json::Value {
+/// The VXLAN device of the overlay backend.
+pub const VXLAN_DEVICE: &str = "podlet.vxlan";
+/// The overlay's VXLAN network identifier and UDP port (flannel's defaults).
+pub const VXLAN_VNI: u32 = 1;
+/// The overlay's UDP port.
+pub const VXLAN_PORT: u16 = 8472;
+/// Pod MTU over VXLAN: a 1500-byte underlay less the 50-byte encapsulation.
+pub const VXLAN_POD_MTU: u32 = 1450;
+
+/// The VXLAN settings of this node when the backend is VXLAN.
+pub fn overlay(cfg: &AgentConfig, pod_cidr: &str) -> Result<Option<VxlanConfig>, AgentError> {
+    if cfg.backend != RouteBackend::Vxlan {
+        return Ok(None);
+    }
+    let subnet = Subnet::parse(pod_cidr)
+        .ok_or_else(|| AgentError::Invalid(format!("pod CIDR {pod_cidr:?} is not A.B.C.D/N")))?;
+    Ok(Some(VxlanConfig {
+        device: VXLAN_DEVICE.into(),
+        vni: VXLAN_VNI,
+        port: VXLAN_PORT,
+        local_ip: cfg.node_ip,
+        local_pod_cidr: subnet,
+        mtu: Some(VXLAN_POD_MTU),
+    }))
+}
+
+/// The CNI configuration list for `pod_cidr` (pods get `mtu` when given).
+pub fn conflist(pod_cidr: &Subnet, data_dir: &Path, mtu: Option<u32>) -> serde_json::Value {
     let gateway = Ipv4Addr::from(u32::from(pod_cidr.network) + 1);
-    json!({
+    let mut list = json!({
         "cniVersion": "1.1.0",
         "name": NETWORK_NAME,
         "plugins": [{
@@ -45,7 +72,11 @@ pub fn conflist(pod_cidr: &Subnet, data_dir: &Path) -> serde_json::Value {
                 "dataDir": data_dir.join("cni/networks").display().to_string()
             }
         }]
-    })
+    });
+    if let Some(m) = mtu {
+        list["plugins"][0]["mtu"] = json!(m);
+    }
+    list
 }
 
 /// Writes the node's CNI configuration; returns the pod network to attach pods to.
@@ -59,7 +90,8 @@ pub fn setup(cfg: &AgentConfig, pod_cidr: &str) -> Result<PodNetwork, AgentError
         source,
     })?;
     let path = conf_dir.join(format!("{NETWORK_NAME}.conflist"));
-    let data = serde_json::to_vec_pretty(&conflist(&subnet, &cfg.data_dir))
+    let mtu = (cfg.backend == RouteBackend::Vxlan).then_some(VXLAN_POD_MTU);
+    let data = serde_json::to_vec_pretty(&conflist(&subnet, &cfg.data_dir, mtu))
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
     std::fs::write(&path, data).map_err(|source| AgentError::Io {
         what: "write",
@@ -102,10 +134,18 @@ pub fn peers(nodes: &[Node], me: &str) -> Vec<PeerNode> {
         .collect()
 }
 
-/// Keeps host-gw routes to the other nodes' pod CIDRs until the task is dropped: synced on
-/// every Node change seen by a watch, and re-applied every [`ROUTE_SYNC`] in case a route
-/// was removed behind the agent's back.
-pub async fn sync_routes(client: kube::Client, me: String) {
+/// Keeps routes to the other nodes' pod CIDRs until the task is dropped — host-gw, or the
+/// VXLAN overlay when `vxlan` is given (its device made first): synced on every Node change
+/// seen by a watch, and re-applied every [`ROUTE_SYNC`] in case a route was removed behind the
+/// agent's back.
+pub async fn sync_routes(client: kube::Client, me: String, vxlan: Option<VxlanConfig>) {
+    if let Some(v) = vxlan.clone() {
+        match tokio::task::spawn_blocking(move || podlet_cni::routing::ensure_vxlan(&v)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "creating the VXLAN device"),
+            Err(e) => tracing::error!(error = %e, "VXLAN setup task"),
+        }
+    }
     let api: Api<Node> = Api::all(client);
     let mut stream = watcher(api, watcher::Config::default()).boxed();
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
@@ -145,7 +185,12 @@ pub async fn sync_routes(client: kube::Client, me: String) {
             continue;
         }
         let w = want.clone();
-        match tokio::task::spawn_blocking(move || podlet_cni::routing::sync_host_gw(&w)).await {
+        let v = vxlan.clone();
+        let synced = tokio::task::spawn_blocking(move || match &v {
+            Some(v) => podlet_cni::routing::sync_vxlan_peers(v, &w),
+            None => podlet_cni::routing::sync_host_gw(&w),
+        });
+        match synced.await {
             Ok(Ok(())) => applied = Some(want),
             Ok(Err(e)) => tracing::warn!(error = %e, "syncing routes to other nodes"),
             Err(e) => tracing::warn!(error = %e, "route sync task"),
@@ -159,7 +204,18 @@ mod tests {
 
     #[test]
     fn the_gateway_is_the_first_address_of_the_pod_cidr() {
-        let c = conflist(&Subnet::parse("10.42.3.0/24").unwrap(), Path::new("/d"));
+        let c = conflist(
+            &Subnet::parse("10.42.3.0/24").unwrap(),
+            Path::new("/d"),
+            None,
+        );
+        assert!(c["plugins"][0]["mtu"].is_null());
+        let v = conflist(
+            &Subnet::parse("10.42.3.0/24").unwrap(),
+            Path::new("/d"),
+            Some(1450),
+        );
+        assert_eq!(v["plugins"][0]["mtu"], 1450);
         let r = &c["plugins"][0]["ipam"]["ranges"][0][0];
         assert_eq!(r["subnet"], "10.42.3.0/24");
         assert_eq!(r["gateway"], "10.42.3.1");

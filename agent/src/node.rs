@@ -257,6 +257,7 @@ mod tests {
             cgroup_root: None,
             exe: "/podlet".into(),
             cni_plugin_dirs: vec![],
+            backend: crate::RouteBackend::HostGw,
         }
     }
 

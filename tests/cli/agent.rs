@@ -477,3 +477,71 @@ spec:
         );
     }
 }
+
+#[test]
+fn pods_reach_each_other_across_nodes_over_vxlan() {
+    let c = Cluster::with_agent_args(2, &["--flannel-backend", "vxlan"]);
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: overlay}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: overlay}}
+  template:
+    metadata: {labels: {app: overlay}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+        imagePullPolicy: Never
+        command: ["sh", "-c", "mkdir -p /w && echo via-$HOSTNAME > /w/index.html && exec httpd -f -p 80 -h /w"]
+"#,
+    );
+    let pods = wait_for("2 overlay pods Running", Duration::from_secs(60), || {
+        let pods = c.pods("app=overlay");
+        (pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p["status"]["phase"] == "Running" && ready(p)))
+        .then_some(pods)
+    });
+    assert_ne!(
+        c.node_index(&pods[0]),
+        c.node_index(&pods[1]),
+        "both replicas on one node"
+    );
+    for p in &pods {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        let other = 1 - c.node_index(p);
+        let name = p["metadata"]["name"].as_str().unwrap();
+        let page = wait_for(
+            &format!("{ip} from node{other}"),
+            Duration::from_secs(5),
+            || c.fetch(other, &format!("http://{ip}/")),
+        );
+        assert_eq!(page.trim(), format!("via-{name}"));
+        // The route to the other node's pods goes through the overlay device.
+        let cidr = c
+            .kubectl_json(&[
+                "get",
+                "node",
+                &format!("node{}", c.node_index(p)),
+                "-o",
+                "json",
+            ])
+            .unwrap()["spec"]["podCIDR"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let out = c.topo.nodes[other]
+            .run("ip", &["route", "show", &cidr])
+            .unwrap();
+        let route = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            route.contains("dev podlet.vxlan"),
+            "{cidr} on node{other}: {route}"
+        );
+    }
+}

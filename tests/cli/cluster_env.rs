@@ -40,6 +40,8 @@ pub struct Cluster {
     pub master: Option<Master>,
     /// The namespaces.
     pub topo: Topology,
+    /// Extra `podlet agent` flags for every agent.
+    pub agent_args: Vec<String>,
 }
 
 /// A command's stdout and stderr.
@@ -62,15 +64,20 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 impl Cluster {
     /// A master on node0 and agents on `n` nodes, all Ready with a pod CIDR.
     pub fn new(n: usize) -> Cluster {
-        Cluster::build(n, false)
+        Cluster::build(n, false, &[])
     }
 
     /// Like [`Cluster::new`], but node0's agent is the one `podlet master` runs itself.
     pub fn with_embedded_agent(n: usize) -> Cluster {
-        Cluster::build(n, true)
+        Cluster::build(n, true, &[])
     }
 
-    fn build(n: usize, embedded: bool) -> Cluster {
+    /// Like [`Cluster::new`], every agent started with `args` too.
+    pub fn with_agent_args(n: usize, args: &[&str]) -> Cluster {
+        Cluster::build(n, false, args)
+    }
+
+    fn build(n: usize, embedded: bool, agent_args: &[&str]) -> Cluster {
         let topo = Topology::new(n, &bins::workspace_bin("podlet-test-workload")).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let rootfs = busybox::rootfs(
@@ -127,6 +134,7 @@ impl Cluster {
             agents: (0..n).map(|_| None).collect(),
             master: Some(master),
             topo,
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in usize::from(embedded)..n {
             c.start_agent(i);
@@ -189,6 +197,7 @@ impl Cluster {
             .arg(&ca)
             .args(["--node-name", &name, "--node-ip", &ip, "--data-dir"])
             .arg(&d.data)
+            .args(&self.agent_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
