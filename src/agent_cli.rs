@@ -37,6 +37,9 @@ pub struct AgentArgs {
     /// Every node of a cluster must use the same.
     #[arg(long, default_value = "host-gw")]
     flannel_backend: podlet_agent::RouteBackend,
+    /// Hard eviction threshold for available memory (kubelet's syntax).
+    #[arg(long, default_value = "memory.available<100Mi", value_parser = podlet_agent::parse_eviction_hard)]
+    eviction_hard: u64,
 }
 
 fn node_name(given: Option<&str>) -> Result<String> {
@@ -105,6 +108,7 @@ impl EmbeddedAgent {
             exe: std::env::current_exe().context("locate the podlet binary")?,
             cni_plugin_dirs: vec![PathBuf::from(podlet_runtime::pod::cni::DEFAULT_PLUGIN_DIR)],
             backend: self.backend,
+            eviction_memory_available: podlet_agent::DEFAULT_EVICTION_MEMORY,
         })
     }
 }
@@ -147,6 +151,7 @@ pub fn run(
             .filter(|p| !p.as_os_str().is_empty())
             .collect(),
         backend: a.flannel_backend,
+        eviction_memory_available: a.eviction_hard,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

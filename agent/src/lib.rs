@@ -88,6 +88,23 @@ pub struct AgentConfig {
     pub cni_plugin_dirs: Vec<PathBuf>,
     /// How pod traffic reaches other nodes.
     pub backend: RouteBackend,
+    /// Hard eviction threshold: below this much available memory the node reports
+    /// MemoryPressure and evicts pods, lowest QoS class first (kubelet's
+    /// `--eviction-hard memory.available<100Mi`).
+    pub eviction_memory_available: u64,
+}
+
+/// kubelet's default hard eviction threshold for available memory.
+pub const DEFAULT_EVICTION_MEMORY: u64 = 100 << 20;
+
+/// Parses `memory.available<QUANTITY` (kubelet's `--eviction-hard` for memory).
+pub fn parse_eviction_hard(s: &str) -> Result<u64, String> {
+    let q = s.strip_prefix("memory.available<").ok_or_else(|| {
+        format!("{s:?}: expected memory.available<QUANTITY, e.g. memory.available<100Mi")
+    })?;
+    pods::convert::quantity(q)
+        .map(|n| n as u64)
+        .ok_or_else(|| format!("{s:?}: {q:?} is not a quantity like 100Mi"))
 }
 
 /// Runs the agent: joins, registers the Node, keeps its Lease, sets up the pod network on the
@@ -121,7 +138,30 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         data_dir: cfg.data_dir.clone(),
         node_ip: cfg.node_ip.to_string(),
         network,
+        evictions: Default::default(),
     };
+    tokio::spawn(pods::eviction::run(
+        client.clone(),
+        cfg.clone(),
+        ctx.evictions.clone(),
+    ));
     pods::run(client, ctx, cfg.node_name.clone()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_thresholds_parse_like_kubelet() {
+        assert_eq!(parse_eviction_hard("memory.available<100Mi"), Ok(100 << 20));
+        assert_eq!(parse_eviction_hard("memory.available<1Gi"), Ok(1 << 30));
+        assert!(parse_eviction_hard("nodefs.available<10%")
+            .unwrap_err()
+            .contains("memory.available"));
+        assert!(parse_eviction_hard("memory.available<lots")
+            .unwrap_err()
+            .contains("quantity"));
+    }
 }

@@ -21,8 +21,6 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Pods a node accepts (kubelet's default).
 pub const MAX_PODS: u32 = 110;
 
-/// Memory available below which the node reports MemoryPressure.
-const MEMORY_PRESSURE_BYTES: u64 = 100 << 20;
 /// Free disk fraction of the data directory's filesystem below which DiskPressure is reported.
 const DISK_PRESSURE_FREE: f64 = 0.10;
 
@@ -105,7 +103,7 @@ pub fn node_status(cfg: &AgentConfig, facts: &HostFacts) -> Value {
     let now = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let memory_pressure = facts.memory_available < MEMORY_PRESSURE_BYTES;
+    let memory_pressure = facts.memory_available < cfg.eviction_memory_available;
     let disk_pressure = facts.disk_free < DISK_PRESSURE_FREE;
     let pid_pressure = facts.pids.0 * 10 > facts.pids.1 * 9;
     let capacity = json!({"cpu": facts.cpus.to_string(),
@@ -258,6 +256,7 @@ mod tests {
             exe: "/podlet".into(),
             cni_plugin_dirs: vec![],
             backend: crate::RouteBackend::HostGw,
+            eviction_memory_available: crate::DEFAULT_EVICTION_MEMORY,
         }
     }
 

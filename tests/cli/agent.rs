@@ -545,3 +545,61 @@ spec:
         );
     }
 }
+
+#[test]
+fn memory_pressure_evicts_pods_and_their_controller_replaces_them() {
+    // A threshold no machine meets: the node is under memory pressure from the start.
+    let c = Cluster::with_agent_args(1, &["--eviction-hard", "memory.available<100Ti"]);
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hungry}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hungry}}
+  template:
+    metadata: {labels: {app: hungry}}
+    spec:
+      containers: [{name: c, image: busybox, imagePullPolicy: Never, command: ["sleep", "1000"]}]
+"#,
+    );
+    let evicted = wait_for("an evicted pod", Duration::from_secs(60), || {
+        c.pods("app=hungry")
+            .into_iter()
+            .find(|p| p["status"]["reason"] == "Evicted")
+    });
+    assert_eq!(
+        evicted["status"]["phase"], "Failed",
+        "{}",
+        evicted["status"]
+    );
+    assert!(evicted["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("memory"));
+    let uid = evicted["metadata"]["uid"].as_str().unwrap().to_string();
+    let out = c.podlet(0, &["pod", "ps", "--format", "json"]);
+    let pods: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !pods.iter().any(|p| p["name"] == format!("k8s-{uid}")),
+        "the evicted pod's sandbox still exists"
+    );
+    // Its ReplicaSet made another one.
+    wait_for(
+        "a replacement for the evicted pod",
+        Duration::from_secs(30),
+        || (c.pods("app=hungry").len() >= 2).then_some(()),
+    );
+    let node = c
+        .kubectl_json(&["get", "node", "node0", "-o", "json"])
+        .unwrap();
+    let pressure = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["type"] == "MemoryPressure")
+        .unwrap()["status"]
+        .clone();
+    assert_eq!(pressure, "True");
+}

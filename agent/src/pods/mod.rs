@@ -6,6 +6,7 @@
 //! while the agent was down) are torn down too.
 
 pub mod convert;
+pub mod eviction;
 pub mod naming;
 pub mod probes;
 pub mod refs;
@@ -108,6 +109,25 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
             let _ = api.delete(&name, &dp).await;
             return;
         }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let evicted = ctx
+            .evictions
+            .lock()
+            .map(|e| e.contains(&uid))
+            .unwrap_or(false);
+        if evicted {
+            evict(&api, &ctx, &pod, last_status.as_ref()).await;
+            // The pod is finished: wait for its removal, doing nothing more.
+            while rx.changed().await.is_ok() {
+                if rx.borrow().is_none() {
+                    break;
+                }
+            }
+            if let Ok(mut e) = ctx.evictions.lock() {
+                e.remove(&uid);
+            }
+            return;
+        }
         match refs::fetch(&client, &pod).await {
             Ok(r) => last_refs = r,
             Err(e) => {
@@ -164,6 +184,44 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
             }
             _ = tokio::time::sleep(RESYNC) => {}
         }
+    }
+}
+
+/// Stops an evicted pod at once and reports it Failed/Evicted.
+async fn evict(api: &Api<Pod>, ctx: &SyncContext, pod: &Arc<Pod>, last: Option<&Value>) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let c = ctx.clone();
+    let p = pod.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        worker::teardown(&c, &uid, Some(&p), Duration::from_secs(2))
+    })
+    .await;
+    let mut status = last.cloned().unwrap_or_else(|| serde_json::json!({}));
+    status["phase"] = "Failed".into();
+    status["reason"] = "Evicted".into();
+    status["message"] = "The node was low on resource: memory.".into();
+    if let Some(conds) = status["conditions"].as_array_mut() {
+        for c in conds
+            .iter_mut()
+            .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
+        {
+            c["status"] = "False".into();
+        }
+    }
+    if let Some(cs) = status["containerStatuses"].as_array_mut() {
+        for c in cs {
+            c["ready"] = false.into();
+            c["started"] = false.into();
+            c["state"] = serde_json::json!({"terminated": {"exitCode": 137, "reason": "Evicted"}});
+        }
+    }
+    let patch = serde_json::json!({"status": status});
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(pod = %name, error = %e, "reporting the eviction");
     }
 }
 

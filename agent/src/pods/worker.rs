@@ -39,6 +39,8 @@ pub struct SyncContext {
     pub node_ip: String,
     /// The pod network pods join.
     pub network: PodNetwork,
+    /// Pods (by uid) the eviction manager has chosen; their workers stop them.
+    pub evictions: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// One container's bookkeeping across its runs.
