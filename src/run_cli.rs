@@ -440,6 +440,7 @@ pub fn exec(
         workdir: a.workdir.clone(),
         tty: a.tty,
         console_socket: console.as_ref().map(|(_, p)| p.clone()),
+        quiet: false,
     };
     let result = (|| -> Result<ExitCode> {
         let pid = engine.exec(&a.name, &req)?;

@@ -479,6 +479,7 @@ fn execute(cli: &Cli) -> Result<ExitCode> {
                 pid_file: a.pid_file.clone(),
                 console_socket: a.console_socket.clone(),
                 preserve_fds: a.preserve_fds,
+                null_stdio: false,
             };
             let pid = rt.exec(&a.id, process, &opts)?;
             if !a.detach {

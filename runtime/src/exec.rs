@@ -23,6 +23,9 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     /// `--preserve-fds`.
     pub preserve_fds: i32,
+    /// Give the process `/dev/null` as stdin, stdout and stderr instead of the caller's
+    /// (for probes and hooks run by a long-lived caller such as the node agent).
+    pub null_stdio: bool,
 }
 
 /// The `/proc/<pid>/ns` entry name and clone flag of a namespace type.
@@ -99,17 +102,36 @@ impl Runtime {
             preserve_fds: opts.preserve_fds,
         });
         let mut child_chan = Some(child_chan);
+        let null = if opts.null_stdio {
+            Some(
+                std::fs::File::open("/dev/null")
+                    .map_err(|e| ContainerError::Sys("open /dev/null", e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let null_fd = null.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let cloned = spawn_child(
             CloneFlags::empty(),
             pid_ns.as_ref(),
             cg.unified_dir(),
             move || {
+                if let Some(fd) = null_fd {
+                    for target in 0..3 {
+                        // SAFETY: dup2 on an fd the parent opened before clone and the
+                        // standard descriptors of this new child; async-signal-safe.
+                        if unsafe { libc::dup2(fd, target) } < 0 {
+                            return 1;
+                        }
+                    }
+                }
                 let (Some(a), Some(c)) = (args.take(), child_chan.take()) else {
                     return 1;
                 };
                 exec::run(a, c)
             },
         );
+        drop(null);
         let (pid, placement) = cloned?;
         let kill_child = || {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);

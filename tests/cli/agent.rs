@@ -411,6 +411,12 @@ fn probes_restart_policies_and_bad_pods_report_truthfully() {
     std::thread::sleep(Duration::from_secs(2));
     let unready = get("unready").unwrap_or(unready);
     assert!(!ready(&unready), "{}", unready["status"]);
+    // Probe processes' output is discarded, not mixed into the agent's log.
+    let log = std::fs::read_to_string(c.dir.path().join("agent0.log")).unwrap();
+    assert!(
+        !log.contains("/tmp/ready"),
+        "probe output in the agent's log:\n{log}"
+    );
     let ep = wait_for("endpoints for unready", Duration::from_secs(30), || {
         let ep = c.kubectl_json(&["get", "endpoints", "unready", "-o", "json"])?;
         ep["subsets"][0]["notReadyAddresses"]

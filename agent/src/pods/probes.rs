@@ -129,6 +129,7 @@ pub fn http_get(host: &str, port: u16, path: &str, timeout: Duration) -> bool {
 pub fn exec(engine: &Engine, id: &str, args: &[String], timeout: Duration) -> bool {
     let req = ExecRequest {
         args: args.to_vec(),
+        quiet: true,
         ..ExecRequest::default()
     };
     let Ok(pid) = engine.exec(id, &req) else {

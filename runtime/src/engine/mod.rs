@@ -157,6 +157,8 @@ pub struct ExecRequest {
     pub tty: bool,
     /// Where the pty master is sent.
     pub console_socket: Option<PathBuf>,
+    /// Discard the process's output (stdin, stdout and stderr are `/dev/null`).
+    pub quiet: bool,
 }
 
 /// Twelve random hex digits: container and generated names.
@@ -506,6 +508,7 @@ impl Engine {
         }
         let opts = crate::exec::ExecOptions {
             console_socket: req.console_socket.clone(),
+            null_stdio: req.quiet,
             ..Default::default()
         };
         Ok(self.runtime.exec(name, p, &opts)?)
