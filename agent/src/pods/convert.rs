@@ -123,6 +123,27 @@ pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// The value of `key` in the ConfigMap or Secret (`kind`) `name`; `None` when it or the key
+/// is missing and the reference is optional.
+fn key_ref(
+    kind: &str,
+    name: &str,
+    key: &str,
+    found: Option<&Option<super::refs::Data>>,
+    optional: Option<bool>,
+) -> Result<Option<String>, String> {
+    let optional = optional == Some(true);
+    match found {
+        Some(Some(d)) => match d.get(key) {
+            Some(v) => Ok(Some(text(v))),
+            None if optional => Ok(None),
+            None => Err(format!("couldn't find key {key} in {kind} {name}")),
+        },
+        _ if optional => Ok(None),
+        _ => Err(format!("{} {name:?} not found", kind.to_ascii_lowercase())),
+    }
+}
+
 /// The container's environment, in Kubernetes' order (`envFrom` first, then `env`).
 pub fn environment(
     pod: &Pod,
@@ -194,34 +215,16 @@ pub fn environment(
                         format!("env {:?}: unsupported resource {:?}", e.name, r.resource)
                     })?
                 } else if let Some(r) = &from.config_map_key_ref {
-                    match refs.config_maps.get(&r.name) {
-                        Some(Some(d)) => match d.get(&r.key) {
-                            Some(v) => text(v),
-                            None if r.optional == Some(true) => continue,
-                            None => {
-                                return Err(format!(
-                                    "couldn't find key {} in ConfigMap {}",
-                                    r.key, r.name
-                                ))
-                            }
-                        },
-                        _ if r.optional == Some(true) => continue,
-                        _ => return Err(format!("configmap {:?} not found", r.name)),
+                    let found = refs.config_maps.get(&r.name);
+                    match key_ref("ConfigMap", &r.name, &r.key, found, r.optional)? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else if let Some(r) = &from.secret_key_ref {
-                    match refs.secrets.get(&r.name) {
-                        Some(Some(d)) => match d.get(&r.key) {
-                            Some(v) => text(v),
-                            None if r.optional == Some(true) => continue,
-                            None => {
-                                return Err(format!(
-                                    "couldn't find key {} in Secret {}",
-                                    r.key, r.name
-                                ))
-                            }
-                        },
-                        _ if r.optional == Some(true) => continue,
-                        _ => return Err(format!("secret {:?} not found", r.name)),
+                    let found = refs.secrets.get(&r.name);
+                    match key_ref("Secret", &r.name, &r.key, found, r.optional)? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else {
                     return Err(format!("env {:?}: empty valueFrom", e.name));

@@ -69,15 +69,8 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
             Some(p) => p,
             None => {
                 if let Some(p) = last_pod {
-                    let uid = p.metadata.uid.clone().unwrap_or_default();
-                    let grace = grace_of(&p);
-                    let c = ctx.clone();
-                    let name = p.metadata.name.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        worker::teardown(&c, &uid, Some(&p), grace)
-                    })
-                    .await;
-                    tracing::info!(pod = ?name, "pod removed");
+                    stop(&ctx, &p, grace_of(&p)).await;
+                    tracing::info!(pod = ?p.metadata.name, "pod removed");
                 }
                 return;
             }
@@ -92,12 +85,7 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
         if pod.metadata.deletion_timestamp.is_some() {
             // Graceful deletion: stop, then let the API forget the pod.
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let grace = grace_of(&pod);
-            let c = ctx.clone();
-            let u = uid.clone();
-            let p = pod.clone();
-            let _ = tokio::task::spawn_blocking(move || worker::teardown(&c, &u, Some(&p), grace))
-                .await;
+            stop(&ctx, &pod, grace_of(&pod)).await;
             let dp = DeleteParams {
                 grace_period_seconds: Some(0),
                 preconditions: Some(kube::api::Preconditions {
@@ -171,14 +159,9 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
             changed = rx.changed() => {
                 if changed.is_err() {
                     // The manager dropped the pod.
-                    let _ = tokio::task::spawn_blocking({
-                        let c = ctx.clone();
-                        let p = last_pod.clone();
-                        move || if let Some(p) = p {
-                            let uid = p.metadata.uid.clone().unwrap_or_default();
-                            worker::teardown(&c, &uid, Some(&p), grace_of(&p));
-                        }
-                    }).await;
+                    if let Some(p) = &last_pod {
+                        stop(&ctx, p, grace_of(p)).await;
+                    }
                     return;
                 }
             }
@@ -187,16 +170,18 @@ async fn worker(client: kube::Client, ctx: SyncContext, mut rx: watch::Receiver<
     }
 }
 
+/// Tears the pod down (preStop, stop signal, SIGKILL after `grace`, sandbox and volumes) on
+/// the blocking pool.
+async fn stop(ctx: &SyncContext, pod: &Arc<Pod>, grace: Duration) {
+    let (c, p) = (ctx.clone(), pod.clone());
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let _ = tokio::task::spawn_blocking(move || worker::teardown(&c, &uid, Some(&p), grace)).await;
+}
+
 /// Stops an evicted pod at once and reports it Failed/Evicted.
 async fn evict(api: &Api<Pod>, ctx: &SyncContext, pod: &Arc<Pod>, last: Option<&Value>) {
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let c = ctx.clone();
-    let p = pod.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        worker::teardown(&c, &uid, Some(&p), Duration::from_secs(2))
-    })
-    .await;
+    stop(ctx, pod, Duration::from_secs(2)).await;
     let mut status = last.cloned().unwrap_or_else(|| serde_json::json!({}));
     status["phase"] = "Failed".into();
     status["reason"] = "Evicted".into();

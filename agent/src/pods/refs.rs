@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use base64::Engine as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::Api;
 
@@ -119,11 +118,6 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Base64 of a value (for tests and diagnostics).
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +142,5 @@ mod tests {
             secrets.into_iter().collect::<Vec<_>>(),
             ["s-env", "s-proj", "s-vol"]
         );
-        assert_eq!(b64(b"hi"), "aGk=");
     }
 }

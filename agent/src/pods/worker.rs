@@ -258,7 +258,7 @@ fn ensure_image(engine: &Engine, image: &str, policy: &str) -> Result<(), (Strin
     let present = engine.store().resolve(image).is_ok();
     let pull = || -> Result<(), String> {
         let r = podlet_runtime::image::reference::Reference::parse(image)
-            .map_err(|e| format!("{e:?}"))?;
+            .map_err(|e| format!("invalid image reference {:?}: {}", e.0, e.1))?;
         let client = podlet_runtime::image::registry::RegistryClient::new(false, None);
         client
             .pull(engine.store(), &r, &NoProgress)
@@ -840,7 +840,7 @@ impl PodRuntime {
 }
 
 fn started_at(i: &podlet_runtime::engine::ContainerInfo) -> String {
-    // The monitor's log file is created when the container starts.
+    // The rootfs mount point is made when the container is prepared, just before it starts.
     std::fs::metadata(&i.rootfs)
         .ok()
         .and_then(|m| m.modified().ok())

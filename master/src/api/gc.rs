@@ -58,17 +58,9 @@ pub async fn delete(
             marked["metadata"]["deletionTimestamp"] =
                 json!(until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            match st
-                .store
-                .update(&key, st.codec.encode(&marked)?, Some(kv.mod_revision))
-                .await
-            {
-                Ok(rev) => {
-                    marked["metadata"]["resourceVersion"] = json!(rev.to_string());
-                    return Ok(marked);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(ApiError::from_store(r, name, e)),
+            match store_marked(st, r, name, &key, marked, kv.mod_revision).await? {
+                Some(marked) => return Ok(marked),
+                None => continue,
             }
         }
         if r.kind == "Pod" && !obj["metadata"]["deletionTimestamp"].is_null() {
@@ -95,13 +87,8 @@ pub async fn delete(
                 if is_namespace {
                     marked["status"]["phase"] = json!("Terminating");
                 }
-                match st
-                    .store
-                    .update(&key, st.codec.encode(&marked)?, Some(kv.mod_revision))
-                    .await
-                {
-                    Ok(rev) => {
-                        marked["metadata"]["resourceVersion"] = json!(rev.to_string());
+                match store_marked(st, r, name, &key, marked, kv.mod_revision).await? {
+                    Some(marked) => {
                         if is_namespace {
                             let (st, name) = (st.clone(), name.to_string());
                             tokio::spawn(async move {
@@ -110,8 +97,7 @@ pub async fn delete(
                         }
                         return Ok(marked);
                     }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(ApiError::from_store(r, name, e)),
+                    None => continue,
                 }
             }
             return Ok(obj);
@@ -142,6 +128,30 @@ pub async fn delete(
         }
     }
     Err(ApiError::conflict(r, name))
+}
+
+/// Stores `marked` (a deletion mark on the object at `key`) if it is still at `revision`;
+/// returns it with its new resourceVersion, or `None` when another write came first.
+async fn store_marked(
+    st: &AppState,
+    r: &'static Resource,
+    name: &str,
+    key: &str,
+    mut marked: Value,
+    revision: i64,
+) -> Result<Option<Value>, ApiError> {
+    match st
+        .store
+        .update(key, st.codec.encode(&marked)?, Some(revision))
+        .await
+    {
+        Ok(rev) => {
+            marked["metadata"]["resourceVersion"] = json!(rev.to_string());
+            Ok(Some(marked))
+        }
+        Err(StoreError::Conflict { .. }) => Ok(None),
+        Err(e) => Err(ApiError::from_store(r, name, e)),
+    }
 }
 
 /// Whether a pod is bound to a node and has not finished (its containers may be running).
