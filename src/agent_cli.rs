@@ -40,6 +40,19 @@ pub struct AgentArgs {
     /// Hard eviction threshold for available memory (kubelet's syntax).
     #[arg(long, default_value = "memory.available<100Mi", value_parser = podlet_agent::parse_eviction_hard)]
     eviction_hard: u64,
+    /// Give containers without a seccompProfile the runtime's default profile
+    /// (RuntimeDefault) instead of Unconfined.
+    #[arg(long)]
+    seccomp_default: bool,
+    /// At most this many processes in one pod (-1: no limit).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pod_max_pids: i64,
+    /// Image garbage collection starts above this disk usage of the image store (percent).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: u8,
+    /// …and removes unused images until usage is below this (percent).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
 }
 
 fn node_name(given: Option<&str>) -> Result<String> {
@@ -109,6 +122,7 @@ impl EmbeddedAgent {
             cni_plugin_dirs: vec![PathBuf::from(podlet_runtime::pod::cni::DEFAULT_PLUGIN_DIR)],
             backend: self.backend,
             eviction_memory_available: podlet_agent::DEFAULT_EVICTION_MEMORY,
+            policy: podlet_agent::PodPolicy::default(),
         })
     }
 }
@@ -152,7 +166,20 @@ pub fn run(
             .collect(),
         backend: a.flannel_backend,
         eviction_memory_available: a.eviction_hard,
+        policy: podlet_agent::PodPolicy {
+            seccomp_default: a.seccomp_default,
+            pod_max_pids: (a.pod_max_pids > 0).then_some(a.pod_max_pids),
+            image_gc_high_percent: a.image_gc_high_threshold,
+            image_gc_low_percent: a.image_gc_low_threshold,
+        },
     };
+    if a.image_gc_low_threshold > a.image_gc_high_threshold {
+        bail!(
+            "--image-gc-low-threshold ({}) must not exceed --image-gc-high-threshold ({})",
+            a.image_gc_low_threshold,
+            a.image_gc_high_threshold
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

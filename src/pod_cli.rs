@@ -145,6 +145,7 @@ pub fn run(p: Paths<'_>, cmd: &PodCommand) -> Result<ExitCode> {
                 hostname: a.hostname.clone(),
                 network: a.cni.network(&a.network)?,
                 labels: parse_labels(&a.labels)?,
+                pids_limit: None,
             };
             let st = engine()?.create_pod(&spec)?;
             println!("{}", st.name);

@@ -217,6 +217,7 @@ pub fn run(p: Paths<'_>, file: &Path, network: &str, cni: &CniArgs) -> Result<Ex
         hostname: spec.hostname.clone(),
         network: cni.network(network)?,
         labels: labels.into_iter().collect(),
+        pids_limit: None,
     })?;
     // Init containers run in the foreground and must not read the terminal.
     let null = std::fs::File::open("/dev/null")?;

@@ -9,6 +9,7 @@
 //! - [`maglev`]: the consistent-hashing table for userspace Service load balancing.
 
 pub mod client;
+pub mod images;
 pub mod maglev;
 pub mod network;
 pub mod node;
@@ -92,6 +93,33 @@ pub struct AgentConfig {
     /// MemoryPressure and evicts pods, lowest QoS class first (kubelet's
     /// `--eviction-hard memory.available<100Mi`).
     pub eviction_memory_available: u64,
+    /// kubelet-style policies for the pods this node runs.
+    pub policy: PodPolicy,
+}
+
+/// What kubelet's flags of the same names set for every pod of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPolicy {
+    /// Containers without a `seccompProfile` get `RuntimeDefault` (kubelet's
+    /// `--seccomp-default`); otherwise they run `Unconfined`, Kubernetes' default.
+    pub seccomp_default: bool,
+    /// At most this many processes in one pod (kubelet's `--pod-max-pids`); `None`: no limit.
+    pub pod_max_pids: Option<i64>,
+    /// Image garbage collection starts when the image filesystem is this full (percent)…
+    pub image_gc_high_percent: u8,
+    /// …and removes unused images, least recently used first, until it is this full.
+    pub image_gc_low_percent: u8,
+}
+
+impl Default for PodPolicy {
+    fn default() -> Self {
+        PodPolicy {
+            seccomp_default: false,
+            pod_max_pids: None,
+            image_gc_high_percent: 85,
+            image_gc_low_percent: 80,
+        }
+    }
 }
 
 /// kubelet's default hard eviction threshold for available memory.
@@ -139,7 +167,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         node_ip: cfg.node_ip.to_string(),
         network,
         evictions: Default::default(),
+        policy: cfg.policy.clone(),
     };
+    tokio::spawn(images::run(ctx.engine.clone(), cfg.policy.clone()));
     tokio::spawn(pods::eviction::run(
         client.clone(),
         cfg.clone(),

@@ -257,6 +257,7 @@ mod tests {
             cni_plugin_dirs: vec![],
             backend: crate::RouteBackend::HostGw,
             eviction_memory_available: crate::DEFAULT_EVICTION_MEMORY,
+            policy: crate::PodPolicy::default(),
         }
     }
 

@@ -591,3 +591,232 @@ spec:
         .clone();
     assert_eq!(pressure, "True");
 }
+
+/// A docker-registry with basic auth (`tester`/`s3cret`) on node0's loopback, killed (by pid)
+/// on drop; the agent of node0 pulls from it as `localhost:5000`.
+struct PrivateRegistry(std::process::Child);
+
+impl PrivateRegistry {
+    fn start(c: &Cluster) -> PrivateRegistry {
+        let dir = c.dir.path().join("registry");
+        std::fs::create_dir_all(&dir).unwrap();
+        let o = std::process::Command::new("htpasswd")
+            .args(["-Bbn", "tester", "s3cret"])
+            .output()
+            .expect("htpasswd installed (apache2-utils)");
+        std::fs::write(dir.join("htpasswd"), &o.stdout).unwrap();
+        let cfg = dir.join("registry.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {0}/data\nhttp:\n  addr: 127.0.0.1:5000\nauth:\n  htpasswd:\n    realm: podlet-test\n    path: {0}/htpasswd\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = c.topo.nodes[0]
+            .netns()
+            .command("docker-registry", &["serve", cfg.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry installed (scripts/install-deps.sh)");
+        PrivateRegistry(child)
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `podlet` with a store of its own (not the agent's), in node0's namespace.
+fn side_store(c: &Cluster, args: &[&str]) -> std::process::Output {
+    let root = c.dir.path().join("push-store");
+    c.topo.nodes[0]
+        .netns()
+        .command(cluster_env::PODLET, &[])
+        .arg("--root")
+        .arg(root.join("root"))
+        .arg("--state")
+        .arg(root.join("state"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+const PRIVATE: &str = "localhost:5000/private/bb:1";
+
+/// A pod of the private image; `extra` is more of its spec (YAML, indented for `spec:`).
+fn private_pod(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+{extra}
+"#
+    )
+}
+
+#[test]
+fn private_images_security_contexts_and_node_policies_are_honoured() {
+    // Every agent: RuntimeDefault seccomp unless a pod says otherwise, 40 processes per pod,
+    // and image GC at any disk usage (so an unused image goes at the next pass).
+    let c = Cluster::with_agent_args(
+        1,
+        &[
+            "--seccomp-default",
+            "--pod-max-pids",
+            "40",
+            "--image-gc-high-threshold",
+            "0",
+            "--image-gc-low-threshold",
+            "0",
+        ],
+    );
+    let _registry = PrivateRegistry::start(&c);
+    let tar = c.dir.path().join("busybox.tar");
+    let o = side_store(&c, &["image", "import", tar.to_str().unwrap(), "bb"]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_for("the image pushed", Duration::from_secs(20), || {
+        let o = side_store(&c, &["push", "--creds", "tester:s3cret", "bb", PRIVATE]);
+        o.status.success().then_some(())
+    });
+    c.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "--docker-server=localhost:5000",
+        "--docker-username=tester",
+        "--docker-password=s3cret",
+    ]);
+    let get = |name: &str| c.kubectl_json(&["get", "pod", name, "-o", "json"]);
+    let waiting = |name: &str| -> Option<(String, String)> {
+        let w = get(name)?["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        Some((w["reason"].as_str()?.into(), w["message"].as_str()?.into()))
+    };
+    // Without the pull secret the registry refuses the pull.
+    c.apply(&private_pod(
+        "anonymous",
+        &format!("  containers: [{{name: c, image: \"{PRIVATE}\", command: [sleep, \"600\"]}}]"),
+    ));
+    let (reason, msg) = wait_for("anonymous pull refused", Duration::from_secs(60), || {
+        waiting("anonymous").filter(|(r, _)| r == "ErrImagePull")
+    });
+    assert!(msg.contains("authentication required"), "{reason}: {msg}");
+    c.kubectl_ok(&["delete", "pod", "anonymous", "--grace-period=0", "--force"]);
+    // With it: pulled and running as the asked-for user, with fsGroup-owned volumes, a
+    // memory-backed emptyDir, the runtime's seccomp filter and the pod's process limit.
+    c.apply(&private_pod(
+        "private",
+        &format!(
+            r#"  imagePullSecrets: [{{name: regcred}}]
+  securityContext: {{runAsNonRoot: true, runAsUser: 1000, fsGroup: 2000}}
+  volumes:
+  - {{name: scratch, emptyDir: {{medium: Memory, sizeLimit: 8Mi}}}}
+  - {{name: creds, secret: {{secretName: regcred, defaultMode: 0400}}}}
+  containers:
+  - name: c
+    image: "{PRIVATE}"
+    command: [sleep, "600"]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: creds, mountPath: /creds}}]"#
+        ),
+    ));
+    let pod = wait_for("the private pod Running", Duration::from_secs(90), || {
+        let p = get("private")?;
+        (p["status"]["phase"] == "Running").then_some(p)
+    });
+    let id = format!("k8s-{}.c.c.0", pod["metadata"]["uid"].as_str().unwrap());
+    let exec = |script: &str| {
+        let o = c.podlet(0, &["exec", &id, "sh", "-c", script]);
+        text(&o)
+    };
+    let status = exec("cat /proc/self/status");
+    let field = |name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(field("Uid"), "1000 1000 1000 1000", "{status}");
+    assert!(field("Groups").split(' ').any(|g| g == "2000"), "{status}");
+    assert_eq!(
+        field("Seccomp"),
+        "2",
+        "not under a seccomp filter: {status}"
+    );
+    // The filter refuses a new user namespace (this kernel lets an unprivileged process make
+    // one, so only seccomp says no).
+    let out = exec("unshare -U true && echo UNSHARED || echo REFUSED");
+    assert!(out.contains("REFUSED"), "{out}");
+    let mounts = exec("cat /proc/mounts");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs /scratch tmpfs") && l.contains("size=8192k")),
+        "/scratch is not an 8 MiB tmpfs:\n{mounts}"
+    );
+    let ls = exec("ls -lnd /scratch; ls -lna /creds/..data/");
+    assert!(ls.contains("drwxrwsrwx") && ls.contains(" 2000 "), "{ls}");
+    assert!(
+        ls.contains("-r--r-----"),
+        "secret files are not group-readable: {ls}"
+    );
+    let out = exec("echo hi > /scratch/f && ls -ln /scratch/f");
+    assert!(out.contains(" 1000 ") && out.contains(" 2000 "), "{out}");
+    // 40 processes for the whole pod: 60 background sleeps cannot all start.
+    let out = exec(
+        "i=0; while [ $i -lt 60 ]; do sleep 30 </dev/null >/dev/null 2>&1 & i=$((i+1)); done; echo started",
+    );
+    assert!(
+        out.contains("can't fork") || out.contains("Resource temporarily unavailable"),
+        "{out}"
+    );
+    // runAsNonRoot against the image's own user (root): refused with kubelet's message.
+    c.apply(&private_pod(
+        "rootish",
+        &format!(
+            r#"  imagePullSecrets: [{{name: regcred}}]
+  securityContext: {{runAsNonRoot: true}}
+  containers: [{{name: c, image: "{PRIVATE}", command: [sleep, "600"]}}]"#
+        ),
+    ));
+    let (reason, msg) = wait_for("rootish refused", Duration::from_secs(60), || {
+        waiting("rootish").filter(|(r, _)| r == "CreateContainerConfigError")
+    });
+    assert!(msg.contains("image will run as root"), "{reason}: {msg}");
+    // The image stays while a container uses it…
+    std::thread::sleep(Duration::from_secs(12));
+    let images = text(&c.podlet(0, &["image", "ls"]));
+    assert!(images.contains("private/bb"), "{images}");
+    let agent_pid = c.agents[0].as_ref().unwrap().id();
+    let scratch = format!(
+        "{}/volumes/scratch",
+        pod["metadata"]["uid"].as_str().unwrap()
+    );
+    let mountinfo = || std::fs::read_to_string(format!("/proc/{agent_pid}/mountinfo")).unwrap();
+    assert!(mountinfo().contains(&scratch));
+    // …and is collected once none does; the memory emptyDir is unmounted with its pod.
+    c.kubectl_ok(&["delete", "pod", "private", "rootish", "--wait=true"]);
+    assert!(
+        !mountinfo().contains(&scratch),
+        "the tmpfs outlived its pod"
+    );
+    wait_for(
+        "the unused image collected",
+        Duration::from_secs(40),
+        || {
+            let images = text(&c.podlet(0, &["image", "ls"]));
+            (!images.contains("private/bb")).then_some(())
+        },
+    );
+}

@@ -84,7 +84,7 @@ impl Cluster {
             &dir.path().join("rootfs"),
             &[
                 "sh", "httpd", "sleep", "cat", "echo", "wget", "mkdir", "rm", "touch", "ls", "env",
-                "kill", "trap",
+                "kill", "trap", "unshare",
             ],
         );
         busybox::with_users(&rootfs);
@@ -179,7 +179,12 @@ impl Cluster {
         let ca = self.master_dir().join("ca.crt");
         let ip = self.topo.nodes[i].ip.to_string();
         let name = format!("node{i}");
-        let mut cmd = self.topo.nodes[i].netns().command(PODLET, &[]);
+        // Its own mount namespace (host mounts propagate in, none out): the agent's tmpfs
+        // volumes never land in the host's mount table.
+        let mut cmd = self.topo.nodes[i].netns().command(
+            "unshare",
+            &["--mount", "--propagation", "slave", "--", PODLET],
+        );
         cmd.arg("--root")
             .arg(&d.root)
             .arg("--state")

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
-use podlet_runtime::engine::{BindMount, ContainerConfig, Resources};
+use podlet_runtime::engine::{BindMount, ContainerConfig, Resources, Seccomp};
 
 use super::refs::{text, Refs};
 
@@ -244,6 +244,94 @@ pub fn environment(
         .collect())
 }
 
+/// The container's seccomp filter from `seccompProfile` (the container's, else the pod's):
+/// `RuntimeDefault`, `Unconfined`, or `Localhost` — an OCI seccomp JSON file below
+/// `profiles_dir` (kubelet's `<root>/seccomp`). Unset: `RuntimeDefault` when the node's
+/// `--seccomp-default` says so, else `Unconfined`. Privileged containers are unconfined.
+pub fn seccomp(
+    pod: &Pod,
+    c: &Container,
+    node_default: bool,
+    profiles_dir: &std::path::Path,
+) -> Result<Seccomp, String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    if sc.and_then(|s| s.privileged) == Some(true) {
+        return Ok(Seccomp::Unconfined);
+    }
+    let profile = sc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .or(pod_sc.and_then(|s| s.seccomp_profile.as_ref()));
+    let Some(p) = profile else {
+        return Ok(if node_default {
+            Seccomp::RuntimeDefault
+        } else {
+            Seccomp::Unconfined
+        });
+    };
+    match p.type_.as_str() {
+        "RuntimeDefault" => Ok(Seccomp::RuntimeDefault),
+        "Unconfined" => Ok(Seccomp::Unconfined),
+        "Localhost" => {
+            let name = p
+                .localhost_profile
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .ok_or("seccompProfile Localhost needs localhostProfile")?;
+            let rel = std::path::Path::new(name);
+            if !rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(format!(
+                    "seccompProfile localhostProfile {name:?} must be a relative path without '..'"
+                ));
+            }
+            let path = profiles_dir.join(rel);
+            let bytes = std::fs::read(&path)
+                .map_err(|e| format!("seccomp profile {}: {e}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("seccomp profile {}: {e}", path.display()))?;
+            serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(value.clone())
+                .map_err(|e| format!("seccomp profile {}: {e}", path.display()))?;
+            Ok(Seccomp::Profile(value))
+        }
+        other => Err(format!("seccompProfile type {other:?} is not supported")),
+    }
+}
+
+/// Kubelet's `runAsNonRoot` check: with it set, the effective `runAsUser` — or else the
+/// image's `User` (`image_user`) — must be a numeric uid other than 0.
+pub fn check_non_root(pod: &Pod, c: &Container, image_user: &str) -> Result<(), String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or(pod_sc.and_then(|s| s.run_as_non_root))
+        == Some(true);
+    if !non_root {
+        return Ok(());
+    }
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user));
+    match uid {
+        Some(0) => Err(
+            "container's runAsUser breaks non-root policy (runAsNonRoot with runAsUser 0)".into(),
+        ),
+        Some(_) => Ok(()),
+        None => {
+            let user = image_user.split(':').next().unwrap_or("").trim();
+            match user.parse::<u32>() {
+                _ if user.is_empty() => Err("container has runAsNonRoot and image will run as root".into()),
+                Ok(0) => Err("container has runAsNonRoot and image will run as root".into()),
+                Ok(_) => Ok(()),
+                Err(_) => Err(format!("container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root")),
+            }
+        }
+    }
+}
+
 /// The engine config of container `c` of `pod` (engine name `id`, joining pod `sandbox`).
 #[allow(clippy::too_many_arguments)]
 pub fn container_config(
@@ -331,22 +419,10 @@ pub fn container_config(
     let gid = sc
         .and_then(|s| s.run_as_group)
         .or(pod_sc.and_then(|s| s.run_as_group));
-    let non_root = sc
-        .and_then(|s| s.run_as_non_root)
-        .or(pod_sc.and_then(|s| s.run_as_non_root))
-        == Some(true);
-    if non_root && uid == Some(0) {
-        return Err(
-            "container's runAsUser breaks non-root policy (runAsNonRoot with runAsUser 0)".into(),
-        );
-    }
     let user = match (uid, gid) {
         (Some(u), Some(g)) => Some(format!("{u}:{g}")),
         (Some(u), None) => Some(u.to_string()),
         (None, Some(g)) => Some(format!("0:{g}")),
-        (None, None) if non_root => {
-            return Err("runAsNonRoot needs a numeric runAsUser with the podlet agent (the image's user is not checked yet)".into())
-        }
         (None, None) => None,
     };
     let mut additional_gids: Vec<u32> = Vec::new();
@@ -406,6 +482,7 @@ pub fn container_config(
         no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
         tty: c.tty == Some(true),
         remove: false,
+        seccomp: Seccomp::Unconfined,
     })
 }
 
@@ -498,6 +575,35 @@ mod tests {
         let vols = BTreeMap::new();
         let err = container_config(&p, c, "id", "sb", &refs(), &vols, "", "").unwrap_err();
         assert!(err.contains("names no volume"), "{err}");
+    }
+
+    #[test]
+    fn run_as_non_root_checks_the_effective_user_then_the_image() {
+        let with = |pod_sc: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"securityContext": pod_sc, "containers": [{"name": "c", "image": "x"}]}
+            }))
+            .unwrap()
+        };
+        let check = |p: &Pod, image_user: &str| {
+            check_non_root(p, &p.spec.as_ref().unwrap().containers[0], image_user)
+        };
+        let p = with(serde_json::json!({"runAsNonRoot": true}));
+        assert!(check(&p, "").unwrap_err().contains("will run as root"));
+        assert!(check(&p, "0:0").unwrap_err().contains("will run as root"));
+        assert!(check(&p, "nobody")
+            .unwrap_err()
+            .contains("non-numeric user (nobody)"));
+        assert!(check(&p, "1000:1000").is_ok());
+        let p = with(serde_json::json!({"runAsNonRoot": true, "runAsUser": 0}));
+        assert!(check(&p, "1000")
+            .unwrap_err()
+            .contains("breaks non-root policy"));
+        let p = with(serde_json::json!({"runAsNonRoot": true, "runAsUser": 1000}));
+        assert!(check(&p, "").is_ok());
+        let p = with(serde_json::json!({}));
+        assert!(check(&p, "").is_ok());
     }
 
     #[test]

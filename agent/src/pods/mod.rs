@@ -9,6 +9,7 @@ pub mod convert;
 pub mod eviction;
 pub mod naming;
 pub mod probes;
+pub mod pull_secrets;
 pub mod refs;
 pub mod volumes;
 pub mod worker;

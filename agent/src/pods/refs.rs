@@ -1,4 +1,4 @@
-//! The ConfigMaps and Secrets a pod references, fetched (as the node, which the master lets
+//! The ConfigMaps and Secrets a pod references (volumes, env, `imagePullSecrets`), fetched (as the node, which the master lets
 //! read exactly these) before each sync, decoded to `key → bytes`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +41,7 @@ pub fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
             }
         }
     }
+    secrets.extend(super::pull_secrets::names(pod));
     for c in spec
         .init_containers
         .iter()
@@ -127,6 +128,7 @@ mod tests {
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p"},
             "spec": {
+                "imagePullSecrets": [{"name": "s-pull"}],
                 "volumes": [{"name": "a", "configMap": {"name": "cm-vol"}},
                             {"name": "b", "secret": {"secretName": "s-vol"}},
                             {"name": "c", "projected": {"sources": [{"secret": {"name": "s-proj"}}]}}],
@@ -140,7 +142,7 @@ mod tests {
         assert_eq!(cms.into_iter().collect::<Vec<_>>(), ["cm-from", "cm-vol"]);
         assert_eq!(
             secrets.into_iter().collect::<Vec<_>>(),
-            ["s-env", "s-proj", "s-vol"]
+            ["s-env", "s-proj", "s-pull", "s-vol"]
         );
     }
 }

@@ -3,7 +3,9 @@
 //! `configMap`, `secret`, `downwardAPI`, `projected` — written like kubelet's atomic writer:
 //! the files live in a timestamped `..<time>` directory, `..data` is a symlink to it that is
 //! swapped with a rename, and each visible name is a symlink into `..data`. A running
-//! container therefore sees a ConfigMap update all at once, without a restart.
+//! container therefore sees a ConfigMap update all at once, without a restart. A
+//! `medium: Memory` emptyDir is a tmpfs mounted there (and unmounted at teardown); the pod's
+//! `fsGroup` owns the volumes kubelet manages ownership of.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -275,6 +277,93 @@ pub fn write_atomic(dir: &Path, files: &Files) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Mounts a tmpfs (`emptyDir.medium: Memory`) on `dir` unless one is there already (an agent
+/// restarted over a running pod), `nodev,nosuid`, of `size` bytes when given.
+fn mount_tmpfs(dir: &Path, size: Option<u64>) -> Result<(), String> {
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    let data = size
+        .map(|s| format!("size={s},mode=0777"))
+        .unwrap_or_else(|| "mode=0777".into());
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOSUID,
+        Some(data.as_str()),
+    )
+    .map_err(|e| format!("mount tmpfs on {}: {e}", dir.display()))
+}
+
+/// Whether `dir` is a mount point (another device than its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(d), Some(Ok(p))) = (
+        std::fs::symlink_metadata(dir),
+        dir.parent().map(std::fs::symlink_metadata),
+    ) else {
+        return false;
+    };
+    d.dev() != p.dev()
+}
+
+/// Unmounts every mount below `dir` (memory-backed emptyDirs), deepest first, so that the
+/// pod's directory can be removed. Only mounts this agent's namespace sees under `dir`.
+pub fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(podlet_runtime::cgroups::unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %p.display(), error = %e, "unmounting a pod volume");
+        }
+    }
+}
+
+/// Kubelet's volume ownership for `fsGroup`: every entry below `dir` (not following
+/// symlinks) gets group `gid`, directories the setgid bit and group rwx, files group rw
+/// (`read_only`: group r only). Skipped when `dir` already has the group and setgid bit
+/// (kubelet's `OnRootMismatch`; new files inherit both).
+fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io_msg("stat", dir, e))?;
+    if !read_only && meta.gid() == gid && meta.mode() & 0o2000 != 0 {
+        return Ok(());
+    }
+    fn walk(p: &Path, gid: u32, read_only: bool) -> Result<(), String> {
+        let meta = std::fs::symlink_metadata(p).map_err(|e| io_msg("stat", p, e))?;
+        std::os::unix::fs::lchown(p, None, Some(gid)).map_err(|e| io_msg("chown", p, e))?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            return Ok(());
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let mode = if ft.is_dir() {
+            mode | 0o2000 | if read_only { 0o050 } else { 0o070 }
+        } else {
+            mode | if read_only { 0o040 } else { 0o060 }
+        };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io_msg("chmod", p, e))?;
+        if ft.is_dir() {
+            for e in std::fs::read_dir(p).map_err(|e| io_msg("read", p, e))? {
+                let e = e.map_err(|e| io_msg("read", p, e))?;
+                walk(&e.path(), gid, read_only)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, gid, read_only)
+}
+
 /// Makes (or refreshes) every volume of the pod; returns name → host path. An error names the
 /// volume and the problem (reported as `CreateContainerConfigError`).
 pub fn materialize(
@@ -290,14 +379,35 @@ pub fn materialize(
     let Some(spec) = &pod.spec else {
         return Ok(out);
     };
+    let fs_group = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .map(|g| g as u32);
     for v in spec.volumes.iter().flatten() {
         let ctx = |m: String| format!("volume {:?}: {m}", v.name);
         check_rel(&v.name).map_err(ctx)?;
         let dir = base.join(&v.name);
-        if v.empty_dir.is_some() {
+        if let Some(ed) = &v.empty_dir {
             std::fs::create_dir_all(&dir).map_err(|e| ctx(io_msg("create", &dir, e)))?;
+            if ed.medium.as_deref() == Some("Memory") {
+                let size = match &ed.size_limit {
+                    Some(q) => Some(super::convert::quantity(&q.0).ok_or_else(|| {
+                        ctx(format!("emptyDir sizeLimit {:?} is not a quantity", q.0))
+                    })? as u64),
+                    None => None,
+                };
+                mount_tmpfs(&dir, size).map_err(ctx)?;
+            } else if let Some(m) = ed.medium.as_deref().filter(|m| !m.is_empty()) {
+                return Err(ctx(format!(
+                    "emptyDir medium {m:?} is not supported (\"\" or \"Memory\")"
+                )));
+            }
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                 .map_err(|e| ctx(io_msg("chmod", &dir, e)))?;
+            if let Some(g) = fs_group {
+                set_ownership(&dir, g, false).map_err(ctx)?;
+            }
             out.insert(v.name.clone(), dir);
             continue;
         }
@@ -336,8 +446,15 @@ pub fn materialize(
         }
         match volume_files(v, pod, refs, pod_ip, host_ip) {
             Some(files) => {
-                let files = files.map_err(ctx)?;
-                write_atomic(&dir, &files).map_err(ctx)?;
+                let mut files = files.map_err(ctx)?;
+                if fs_group.is_some() {
+                    // Group-readable, as set_ownership leaves them: the next sync sees no change.
+                    files.values_mut().for_each(|(_, mode)| *mode |= 0o040);
+                }
+                let changed = write_atomic(&dir, &files).map_err(ctx)?;
+                if let (true, Some(g)) = (changed, fs_group) {
+                    set_ownership(&dir, g, true).map_err(ctx)?;
+                }
                 out.insert(v.name.clone(), dir);
             }
             None => {

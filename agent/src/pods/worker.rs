@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::naming::{self, Kind};
 use super::probes::{self, ProbeState};
+use super::pull_secrets;
 use super::refs::Refs;
 use super::{convert, volumes};
 
@@ -41,6 +42,8 @@ pub struct SyncContext {
     pub network: PodNetwork,
     /// Pods (by uid) the eviction manager has chosen; their workers stop them.
     pub evictions: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The node's pod policies.
+    pub policy: crate::PodPolicy,
 }
 
 /// One container's bookkeeping across its runs.
@@ -250,20 +253,41 @@ pub fn teardown(ctx: &SyncContext, uid: &str, pod: Option<&Pod>, grace: Duration
         Err(EngineError::Pod(podlet_runtime::pod::PodError::NotFound(_))) => {}
         Err(e) => tracing::warn!(pod = %uid, error = %e, "removing the pod sandbox"),
     }
-    let _ = std::fs::remove_dir_all(volumes::pod_dir(&ctx.data_dir, uid));
+    let dir = volumes::pod_dir(&ctx.data_dir, uid);
+    volumes::unmount_below(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Ensures the image is in the store per `policy`; an error is (reason, message).
-fn ensure_image(engine: &Engine, image: &str, policy: &str) -> Result<(), (String, String)> {
+/// Ensures the image is in the store per `policy`, pulling with each of the pod's matching
+/// pull-secret credentials in turn (then anonymously); an error is (reason, message).
+fn ensure_image(
+    engine: &Engine,
+    pod: &Pod,
+    refs: &Refs,
+    image: &str,
+    policy: &str,
+) -> Result<(), (String, String)> {
     let present = engine.store().resolve(image).is_ok();
     let pull = || -> Result<(), String> {
         let r = podlet_runtime::image::reference::Reference::parse(image)
             .map_err(|e| format!("invalid image reference {:?}: {}", e.0, e.1))?;
-        let client = podlet_runtime::image::registry::RegistryClient::new(false, None);
-        client
-            .pull(engine.store(), &r, &NoProgress)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let creds = pull_secrets::credentials_for(pod, refs, &r.registry, &r.repository)?;
+        let mut attempts: Vec<Option<(String, String)>> = creds
+            .into_iter()
+            .map(|c| Some((c.username, c.password)))
+            .collect();
+        if attempts.is_empty() {
+            attempts.push(None);
+        }
+        let mut last = String::new();
+        for creds in attempts {
+            let client = podlet_runtime::image::registry::RegistryClient::new(false, creds);
+            match client.pull(engine.store(), &r, &NoProgress) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
     };
     match (policy, present) {
         ("Never", true) | ("IfNotPresent", true) => Ok(()),
@@ -397,6 +421,7 @@ impl PodRuntime {
                 ("io.kubernetes.pod.uid".to_string(), uid.clone()),
             ]
             .into(),
+            pids_limit: ctx.policy.pod_max_pids,
         };
         let st = ctx.engine.create_pod(&spec).map_err(|e| e.to_string())?;
         Ok(if host_network {
@@ -421,9 +446,19 @@ impl PodRuntime {
         let uid = uid_of(pod);
         let id = naming::container(&uid, kind, &c.name, t.run);
         let image = c.image.clone().unwrap_or_default();
-        if let Err((reason, msg)) = ensure_image(&ctx.engine, &image, &pull_policy(c)) {
+        if let Err((reason, msg)) = ensure_image(&ctx.engine, pod, refs, &image, &pull_policy(c)) {
             t.waiting = Some((reason, msg));
             t.not_before = Some(Instant::now() + BACKOFF_START);
+            return;
+        }
+        let image_user = ctx
+            .engine
+            .image_config(&image)
+            .ok()
+            .and_then(|ic| ic.config().as_ref().and_then(|c| c.user().clone()))
+            .unwrap_or_default();
+        if let Err(msg) = convert::check_non_root(pod, c, &image_user) {
+            t.waiting = Some(("CreateContainerConfigError".into(), msg));
             return;
         }
         let cfg = match convert::container_config(
@@ -442,6 +477,16 @@ impl PodRuntime {
                 return;
             }
         };
+        let mut cfg = cfg;
+        let profiles = ctx.data_dir.join("seccomp");
+        match convert::seccomp(pod, c, ctx.policy.seccomp_default, &profiles) {
+            Ok(s) => cfg.seccomp = s,
+            Err(msg) => {
+                t.waiting = Some(("CreateContainerConfigError".into(), msg));
+                return;
+            }
+        }
+
         // A leftover of an interrupted start of this run is replaced.
         let _ = ctx.engine.remove(&id, true);
         let prepared = match ctx.engine.prepare(&cfg) {

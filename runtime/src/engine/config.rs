@@ -41,6 +41,19 @@ pub enum Network {
     Cni(crate::pod::PodNetwork),
 }
 
+/// Which seccomp filter a container runs under.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Seccomp {
+    /// No filter.
+    #[default]
+    Unconfined,
+    /// The runtime's default profile for the container's capabilities
+    /// ([`crate::engine::seccomp_profile::runtime_default`]).
+    RuntimeDefault,
+    /// An OCI `linux.seccomp` object (e.g. a Kubernetes `Localhost` profile).
+    Profile(serde_json::Value),
+}
+
 /// Everything the engine needs to create one container.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerConfig {
@@ -78,6 +91,8 @@ pub struct ContainerConfig {
     pub cap_add: Vec<String>,
     /// Capabilities to drop from the default set (`ALL` for every one).
     pub cap_drop: Vec<String>,
+    /// The seccomp filter.
+    pub seccomp: Seccomp,
     /// Set `no_new_privs` for the container's processes.
     pub no_new_privileges: bool,
     /// Give the process a terminal.

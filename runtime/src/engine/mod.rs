@@ -11,6 +11,7 @@ pub mod config;
 pub mod logs;
 pub mod membership;
 pub mod monitor;
+pub mod seccomp_profile;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use nix::sys::signal::Signal;
 use oci_spec::image::ImageConfiguration;
 use serde::Serialize;
 
-pub use self::config::{BindMount, ContainerConfig, Network, Resources};
+pub use self::config::{BindMount, ContainerConfig, Network, Resources, Seccomp};
 use self::membership::Membership;
 pub use self::monitor::ExitRecord;
 use crate::cgroups::CgroupRoot;
@@ -278,6 +279,7 @@ impl Engine {
                     hostname: Some(hostname),
                     network: net.clone(),
                     labels: [("io.podlet.container".to_string(), id.clone())].into(),
+                    pids_limit: None,
                 })?;
             }
             Ok(Some(self.pods().add_container(&m.pod, &id)?))
@@ -596,9 +598,50 @@ impl Engine {
             .collect()
     }
 
-    /// Creates a pod whose sandbox is `EXE pause`.
+    /// Creates a pod whose sandbox is `EXE pause`. With a pod-wide pids limit the pod gets
+    /// its own cgroup `pods/<name>` holding the limit, the sandbox in `pods/<name>/sandbox`
+    /// and each container in `pods/<name>/<id>` (kubelet's pod-level cgroup).
     pub fn create_pod(&self, spec: &PodSpec) -> Result<PodState> {
-        Ok(self.pods().create(spec, &self.config.exe, &["pause"])?)
+        let st = self.pods().create(spec, &self.config.exe, &["pause"])?;
+        if let Some(limit) = spec.pids_limit {
+            let made = (|| -> std::result::Result<(), crate::cgroups::CgroupError> {
+                let res = pids_resources(limit);
+                crate::cgroups::ContainerCgroups::create(
+                    &self.runtime.cgroups,
+                    &pod_cgroup(&st.name),
+                    Some(&res),
+                )?;
+                let sandbox = crate::cgroups::ContainerCgroups::create(
+                    &self.runtime.cgroups,
+                    &format!("{}/sandbox", pod_cgroup(&st.name)),
+                    Some(&res),
+                )?;
+                sandbox.add_process(st.sandbox.pid)
+            })();
+            if let Err(e) = made {
+                let _ = self.pods().remove(&st.name);
+                self.remove_pod_cgroups(&st.name);
+                return Err(ContainerError::from(e).into());
+            }
+        }
+        Ok(st)
+    }
+
+    /// Removes a pod's own cgroups (sandbox first, then the pod's), wherever they exist.
+    fn remove_pod_cgroups(&self, name: &str) {
+        for rel in [format!("{}/sandbox", pod_cgroup(name)), pod_cgroup(name)] {
+            for h in &self.runtime.cgroups.hierarchies {
+                if let Ok(dir) = h.container_dir(&rel) {
+                    // The sandbox may take a moment to exit after SIGKILL.
+                    for _ in 0..50 {
+                        if !dir.exists() || h.remove_dir(&dir).is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        }
     }
 
     /// A pod's recorded state.
@@ -637,8 +680,24 @@ impl Engine {
             self.remove(id, true)?;
         }
         self.pods().remove(name)?;
+        self.remove_pod_cgroups(name);
         Ok(())
     }
+}
+
+/// The cgroup (below podlet's root) of a pod with pod-wide limits.
+pub fn pod_cgroup(name: &str) -> String {
+    format!("pods/{name}")
+}
+
+fn pids_resources(limit: i64) -> oci_spec::runtime::LinuxResources {
+    let mut res = oci_spec::runtime::LinuxResources::default();
+    let pids = oci_spec::runtime::LinuxPidsBuilder::default()
+        .limit(limit)
+        .build()
+        .unwrap_or_default();
+    res.set_pids(Some(pids));
+    res
 }
 
 /// A pod network for a `--network` style value: `none`, `host`, `bridge` (the built-in

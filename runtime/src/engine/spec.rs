@@ -6,7 +6,7 @@ use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{Capability, Spec};
 use serde_json::{json, Value};
 
-use super::config::{ContainerConfig, Network};
+use super::config::{ContainerConfig, Network, Seccomp};
 use super::EngineError;
 use crate::image::snapshot::Snapshot;
 use crate::pod::{PodNetwork, PodState};
@@ -296,11 +296,33 @@ pub fn build(
     if let Some(shares) = r.cpu_shares {
         resources["cpu"]["shares"] = json!(shares.clamp(2, 262_144));
     }
-    if let Some(p) = r.pids {
+    // A pod with a pod-wide pids limit: the container nests in the pod's cgroup, and takes
+    // the limit too, so that it joins the pids hierarchy below the pod's on cgroup v1.
+    let pod_pids = pod.and_then(|p| p.pids_limit);
+    let pids = match (r.pids, pod_pids) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(p) = pids {
         resources["pids"] = json!({"limit": p});
     }
     linux["resources"] = resources;
-    linux["cgroupsPath"] = json!(format!("containers/{id}"));
+    match &c.seccomp {
+        Seccomp::Unconfined => {}
+        Seccomp::RuntimeDefault => {
+            let caps = capabilities(&c.cap_add, &c.cap_drop)?;
+            linux["seccomp"] = super::seccomp_profile::runtime_default(&caps);
+        }
+        Seccomp::Profile(p) => {
+            serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(p.clone())
+                .map_err(|e| invalid(format!("seccomp profile: {e}")))?;
+            linux["seccomp"] = p.clone();
+        }
+    }
+    linux["cgroupsPath"] = match pod.filter(|p| p.pids_limit.is_some()) {
+        Some(p) => json!(format!("{}/{id}", super::pod_cgroup(&p.name))),
+        None => json!(format!("containers/{id}")),
+    };
     Ok(spec)
 }
 

@@ -110,6 +110,9 @@ pub struct PodState {
     /// Labels (free-form, e.g. the Kubernetes pod's namespace and uid).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The pod-wide process limit: its containers' cgroups then nest in `pods/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
 }
 
 /// The interface name pods get on CNI networks.
@@ -198,6 +201,8 @@ pub struct PodSpec {
     pub network: PodNetwork,
     /// Labels to record.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// At most this many processes in the whole pod (its own cgroup, `pods/<name>`).
+    pub pids_limit: Option<i64>,
 }
 
 /// A held lock on the pods directory (released on drop).
@@ -226,6 +231,30 @@ impl Pods {
                 source: e.into(),
             }
         })
+    }
+
+    /// Claims `name` for a pod being created: `.<name>.creating` holding the creator's pid,
+    /// made under the directory lock. A name with a pod or a live creator's claim is taken; a
+    /// claim whose creator died (a crash mid-create) is taken over.
+    fn reserve(&self, name: &str) -> Result<PathBuf, PodError> {
+        let _lock = self.lock()?;
+        if self.file(name).exists() {
+            return Err(PodError::Exists(name.to_string()));
+        }
+        let claim = self.dir.join(format!(".{name}.creating"));
+        let live = |text: &str| {
+            let mut f = text.split_whitespace();
+            let pid = f.next().and_then(|p| p.parse::<i32>().ok());
+            let start = f.next().and_then(|t| t.parse::<u64>().ok());
+            matches!((pid, start), (Some(p), Some(t)) if sandbox::process_start_time(p) == Some(t))
+        };
+        if fs::read_to_string(&claim).is_ok_and(|t| live(&t)) {
+            return Err(PodError::Exists(name.to_string()));
+        }
+        let me = std::process::id() as i32;
+        let mine = format!("{me} {}", sandbox::process_start_time(me).unwrap_or(0));
+        fs::write(&claim, mine).map_err(state_err(&claim))?;
+        Ok(claim)
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -300,10 +329,9 @@ impl Pods {
             } => Some(CniNetwork::load(conf_dir, name, plugin_dirs.clone())?),
             _ => None,
         };
-        let _lock = self.lock()?;
-        if self.file(&spec.name).exists() {
-            return Err(PodError::Exists(spec.name.clone()));
-        }
+        // The directory lock covers only the name's reservation and the final save: sandbox
+        // start and CNI ADD run unlocked, so one agent creates many pods at once.
+        let reservation = self.reserve(&spec.name)?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| spec.name.clone());
         let own_network = spec.network != PodNetwork::Host;
         let sandbox = Sandbox::spawn(sandbox_exe, sandbox_args, &hostname, own_network)?;
@@ -318,6 +346,7 @@ impl Pods {
             ip: None,
             containers: Vec::new(),
             labels: spec.labels.clone(),
+            pids_limit: spec.pids_limit,
         };
         let mut attach = || -> Result<(), PodError> {
             if spec.network != PodNetwork::Host {
@@ -328,9 +357,12 @@ impl Pods {
                 st.ip = cni::result_ip(&result);
                 st.cni_result = Some(result);
             }
+            let _lock = self.lock()?;
             self.save(&st)
         };
-        if let Err(e) = attach() {
+        let attached = attach();
+        let _ = fs::remove_file(&reservation);
+        if let Err(e) = attached {
             if let (Some(net), Some(r)) = (&network, &st.cni_result) {
                 let _ = net.del(&st.id, Some(&sandbox.ns_path("net")), POD_IFNAME, Some(r));
             }
@@ -401,5 +433,25 @@ impl Pods {
         st.sandbox.stop();
         let path = self.file(name);
         fs::remove_file(&path).map_err(state_err(&path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_being_created_is_taken_until_its_creator_dies() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = Pods::new(dir.path());
+        let claim = pods.reserve("web").unwrap();
+        // A second create of the same name while the first is still attaching: refused.
+        assert!(matches!(pods.reserve("web"), Err(PodError::Exists(n)) if n == "web"));
+        // Claims are not pods.
+        assert!(pods.list().unwrap().is_empty());
+        // A creator that died mid-create (its pid's start time no longer matches).
+        fs::write(&claim, format!("{} 1", std::process::id())).unwrap();
+        let again = pods.reserve("web").unwrap();
+        assert_eq!(again, claim);
     }
 }
