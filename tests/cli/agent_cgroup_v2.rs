@@ -1,7 +1,8 @@
 //! The agent in the cgroup v2 tier: inside a VM with real cgroup v2 controllers (UML, or QEMU
 //! where UML cannot boot), a `podlet master` and a `podlet agent` on the guest's loopback run
 //! pods whose limits the kernel enforces: a memory limit kills the container, reported as
-//! `OOMKilled`; a CPU limit becomes the container's `cpu.max`. The host's cgroup2 has no
+//! `OOMKilled`; a CPU limit becomes the container's `cpu.max`; `--pod-max-pids` becomes the
+//! pod cgroup's `pids.max`. The host's cgroup2 has no
 //! controllers, so this cannot run on the host itself.
 
 #[path = "cluster_env.rs"]
@@ -136,7 +137,15 @@ fn inside_vm_pod_limits() {
             .arg(master.data.join("node-token"))
             .arg("--ca-file")
             .arg(master.data.join("ca.crt"))
-            .args(["--node-name", "vm", "--node-ip", "127.0.0.1", "--data-dir"])
+            .args([
+                "--node-name",
+                "vm",
+                "--node-ip",
+                "127.0.0.1",
+                "--pod-max-pids",
+                "30",
+            ])
+            .arg("--data-dir")
             .arg(dir.path().join("agent"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -190,6 +199,26 @@ fn inside_vm_pod_limits() {
     // runc's shares → weight: shares 256 → 1 + (256-2)*9999/262142 = 10.
     assert_eq!(read("cpu.weight"), "10");
     assert_eq!(capped["status"]["qosClass"], "Burstable");
+    // --pod-max-pids: the pod has a cgroup of its own holding the limit, its containers and
+    // its sandbox nested below it.
+    let pod_cg = cg.parent().unwrap();
+    assert_eq!(
+        pod_cg.file_name().unwrap().to_string_lossy(),
+        format!("k8s-{uid}")
+    );
+    let pod_read = |f: &str| {
+        std::fs::read_to_string(pod_cg.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(pod_read("pids.max"), "30");
+    let sandbox_procs = std::fs::read_to_string(pod_cg.join("sandbox/cgroup.procs")).unwrap();
+    assert_eq!(
+        sandbox_procs.lines().count(),
+        1,
+        "the pause process: {sandbox_procs:?}"
+    );
     drop(agent);
     // The pods' processes: removed so the guest powers off clean.
     for name in ["hog", "capped"] {
