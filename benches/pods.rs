@@ -21,7 +21,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
-const PODS: usize = 100;
+/// How many pods (`PODLET_BENCH_PODS`, default 100; fewer shows the latency of one pod's path
+/// without the burst's contention).
+fn pods_count() -> usize {
+    std::env::var("PODLET_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
 const NODES: usize = 3;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -70,9 +77,12 @@ async fn run_pods(client: kube::Client) -> Vec<f64> {
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let total = pods_count();
     let watch = {
         let pods = pods.clone();
         let running = running.clone();
+        let bound = bound.clone();
         tokio::spawn(async move {
             let mut stream = pods
                 .watch(
@@ -84,6 +94,14 @@ async fn run_pods(client: kube::Client) -> Vec<f64> {
                 .boxed();
             while let Some(Ok(ev)) = stream.next().await {
                 if let WatchEvent::Modified(p) | WatchEvent::Added(p) = ev {
+                    if p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+                        let name = p.metadata.name.clone().unwrap_or_default();
+                        bound
+                            .lock()
+                            .unwrap()
+                            .entry(name)
+                            .or_insert_with(Instant::now);
+                    }
                     let up = p
                         .status
                         .as_ref()
@@ -96,7 +114,7 @@ async fn run_pods(client: kube::Client) -> Vec<f64> {
                         let name = p.metadata.name.clone().unwrap_or_default();
                         let mut r = running.lock().unwrap();
                         r.entry(name).or_insert_with(Instant::now);
-                        if r.len() == PODS {
+                        if r.len() == total {
                             return;
                         }
                     }
@@ -106,7 +124,7 @@ async fn run_pods(client: kube::Client) -> Vec<f64> {
     };
     // Let the watch start before the first create.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    futures::stream::iter(0..PODS)
+    futures::stream::iter(0..total)
         .for_each_concurrent(8, |i| {
             let pods = pods.clone();
             let created = created.clone();
@@ -132,12 +150,30 @@ async fn run_pods(client: kube::Client) -> Vec<f64> {
     let running = running.lock().unwrap();
     assert_eq!(
         running.len(),
-        PODS,
+        total,
         "not every pod came up within 2 minutes"
     );
+    let bound = bound.lock().unwrap();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut to_bound: Vec<f64> = created
+        .iter()
+        .filter_map(|(n, t)| bound.get(n).map(|b| ms(b.saturating_duration_since(*t))))
+        .collect();
+    if !to_bound.is_empty() {
+        println!(
+            "(create → bound: p50 {:.0} ms, p99 {:.0} ms; first create → last running: {:.0} ms)",
+            pct(&mut to_bound, 0.5),
+            pct(&mut to_bound, 0.99),
+            ms(running
+                .values()
+                .max()
+                .unwrap()
+                .saturating_duration_since(*created.values().min().unwrap()))
+        );
+    }
     created
         .iter()
-        .map(|(n, t)| running[n].saturating_duration_since(*t).as_secs_f64() * 1000.0)
+        .map(|(n, t)| ms(running[n].saturating_duration_since(*t)))
         .collect()
 }
 

@@ -168,6 +168,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         network,
         evictions: Default::default(),
         policy: cfg.policy.clone(),
+        start_gate: std::sync::Arc::new(pods::gate::Gate::per_cpu()),
     };
     tokio::spawn(images::run(ctx.engine.clone(), cfg.policy.clone()));
     tokio::spawn(pods::eviction::run(

@@ -67,6 +67,54 @@ pub(crate) async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMe
     }
 }
 
+/// Every link of the current namespace, from one dump: unlike a single-link get, a dump does
+/// not make the kernel flush the link's pending carrier event (an RCU sync under the RTNL
+/// lock) — the right way to look up a link just made.
+async fn links_dumped(h: &Handle) -> Result<Vec<LinkMessage>, CniError> {
+    let mut links = h.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(l) = links.try_next().await.map_err(|e| fail("links", e))? {
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn name_of(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn is_up(l: &LinkMessage) -> bool {
+    l.header
+        .flags
+        .contains(&netlink_packet_route::link::LinkFlag::Up)
+}
+
+fn mtu_of(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+/// A random locally administered unicast MAC, as the kernel would pick.
+fn random_mac() -> Result<[u8; 6], CniError> {
+    let mut b = [0u8; 6];
+    let mut f = std::fs::File::open("/dev/urandom").map_err(|e| fail("random MAC", e))?;
+    std::io::Read::read_exact(&mut f, &mut b).map_err(|e| fail("random MAC", e))?;
+    b[0] = (b[0] & 0xfe) | 0x02;
+    Ok(b)
+}
+
+fn mac_text(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 fn mac_of(l: &LinkMessage) -> String {
     l.attributes
         .iter()
@@ -134,14 +182,16 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// bridge_slave` does; RTM_SETLINK ignores it).
 async fn set_bridge_port(
     h: &mut Handle,
-    index: u32,
+    port_name: &str,
     opts: Vec<netlink_packet_route::link::InfoBridgePort>,
 ) -> Result<(), CniError> {
     use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_REQUEST};
     use netlink_packet_route::link::{InfoPortData, InfoPortKind, LinkInfo};
     use netlink_packet_route::RouteNetlinkMessage;
     let mut msg = LinkMessage::default();
-    msg.header.index = index;
+    // Found by name (index 0): looking the new link up would flush its carrier event first.
+    msg.attributes
+        .push(LinkAttribute::IfName(port_name.to_string()));
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::PortKind(InfoPortKind::Bridge),
         LinkInfo::PortData(InfoPortData::BridgePort(opts)),
@@ -186,11 +236,15 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                 }
             };
             let br_idx = br.header.index;
-            let mut set = h.link().set(br_idx).up();
-            if let Some(m) = cfg.mtu {
-                set = set.mtu(m);
+            // Every RTNL operation waits for every other pod's: touch the bridge only when it
+            // is not as wanted.
+            if !is_up(&br) || cfg.mtu.is_some_and(|m| mtu_of(&br) != Some(m)) {
+                let mut set = h.link().set(br_idx).up();
+                if let Some(m) = cfg.mtu {
+                    set = set.mtu(m);
+                }
+                set.execute().await.map_err(|e| fail("bridge up", e))?;
             }
-            set.execute().await.map_err(|e| fail("bridge up", e))?;
             if cfg.is_gateway {
                 let r = h
                     .address()
@@ -225,6 +279,15 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                 msg.attributes.push(LinkAttribute::Mtu(m));
             }
             msg.attributes.push(LinkAttribute::Controller(br_idx));
+            // The host end's MAC chosen here, so nothing has to read the new link back.
+            let host_mac = random_mac()?;
+            msg.attributes
+                .push(LinkAttribute::Address(host_mac.to_vec()));
+            // One queue each, asked for up front: left to the kernel, a veth is born with a
+            // queue per CPU and then cut to one, an RCU sync taken under the RTNL lock that
+            // every other pod's ADD is waiting for.
+            msg.attributes.push(LinkAttribute::NumTxQueues(1));
+            msg.attributes.push(LinkAttribute::NumRxQueues(1));
             for attr in msg.attributes.iter_mut() {
                 let LinkAttribute::LinkInfo(infos) = attr else {
                     continue;
@@ -233,6 +296,8 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                     if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = info {
                         peer.attributes
                             .push(LinkAttribute::NetNsFd(ns_fd.as_raw_fd()));
+                        peer.attributes.push(LinkAttribute::NumTxQueues(1));
+                        peer.attributes.push(LinkAttribute::NumRxQueues(1));
                         if let Some(m) = cfg.mtu {
                             peer.attributes.push(LinkAttribute::Mtu(m));
                         }
@@ -243,30 +308,36 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                 }
             }
             req.execute().await.map_err(|e| fail("add veth", e))?;
-            let host = link_by_name(&h, &cfg.host_veth)
-                .await?
-                .ok_or_else(|| fail("veth", "vanished"))?;
             if cfg.hairpin {
                 let mut h = h.clone();
                 set_bridge_port(
                     &mut h,
-                    host.header.index,
+                    &cfg.host_veth,
                     vec![netlink_packet_route::link::InfoBridgePort::HairpinMode(
                         true,
                     )],
                 )
                 .await?;
             }
-            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
-            Ok((mac_of(&br), mac_of(&host)))
+            if std::fs::read("/proc/sys/net/ipv4/ip_forward")
+                .ok()
+                .as_deref()
+                != Some(b"1\n")
+            {
+                let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+            }
+            Ok((mac_of(&br), mac_text(&host_mac)))
         })
     })?;
     let cfg = a.clone();
     let container_mac = in_netns(netns, move || {
         with_handle(move |h| {
             Box::pin(async move {
-                let l = link_by_name(&h, &cfg.ifname)
-                    .await?
+                let links = links_dumped(&h).await?;
+                let l = links
+                    .iter()
+                    .find(|l| name_of(l) == Some(cfg.ifname.as_str()))
+                    .cloned()
                     .ok_or_else(|| fail("container veth", "not in the namespace"))?;
                 let idx = l.header.index;
                 h.link()
@@ -275,7 +346,7 @@ pub fn attach(netns: &Path, a: &BridgeAttach, alloc: Allocation) -> Result<Attac
                     .execute()
                     .await
                     .map_err(|e| fail("container interface", e))?;
-                if let Some(lo) = link_by_name(&h, "lo").await? {
+                if let Some(lo) = links.iter().find(|l| name_of(l) == Some("lo") && !is_up(l)) {
                     h.link()
                         .set(lo.header.index)
                         .up()

@@ -414,7 +414,7 @@ async fn nodes_may_only_write_their_own_objects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_read_only_the_secrets_and_config_maps_their_pods_reference() {
+async fn nodes_read_only_the_secrets_config_maps_and_service_accounts_their_pods_reference() {
     let a = api().await;
     let (code, v) = a.join(&a.sec.join_token, "n1").await;
     assert_eq!(code, StatusCode::OK, "{v}");
@@ -425,6 +425,9 @@ async fn nodes_read_only_the_secrets_and_config_maps_their_pods_reference() {
         ("Secret", "secrets", "other-secret"),
         ("ConfigMap", "configmaps", "vol-cm"),
         ("ConfigMap", "configmaps", "other-cm"),
+        ("Secret", "secrets", "pull-secret"),
+        ("ServiceAccount", "serviceaccounts", "builder"),
+        ("ServiceAccount", "serviceaccounts", "other-sa"),
     ] {
         let obj = json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}, "data": {}});
         let path = format!("/api/v1/namespaces/default/{plural}");
@@ -433,6 +436,8 @@ async fn nodes_read_only_the_secrets_and_config_maps_their_pods_reference() {
     let pod = |name: &str, node: &str, secret: &str| {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
             "nodeName": node,
+            "serviceAccountName": if node == "n1" { "builder" } else { "other-sa" },
+            "imagePullSecrets": if node == "n1" { json!([{"name": "pull-secret"}]) } else { json!([]) },
             "volumes": [{"name": "s", "secret": {"secretName": "vol-secret"}},
                         {"name": "c", "configMap": {"name": "vol-cm"}}],
             "containers": [{"name": "c", "image": "busybox", "env": [
@@ -464,9 +469,12 @@ async fn nodes_read_only_the_secrets_and_config_maps_their_pods_reference() {
         ("secrets", "env-secret", StatusCode::OK),
         ("secrets", "vol-secret", StatusCode::OK),
         ("configmaps", "vol-cm", StatusCode::OK),
+        ("secrets", "pull-secret", StatusCode::OK),
+        ("serviceaccounts", "builder", StatusCode::OK),
         // Referenced only by a pod on another node, or by nothing.
         ("secrets", "other-secret", StatusCode::FORBIDDEN),
         ("configmaps", "other-cm", StatusCode::FORBIDDEN),
+        ("serviceaccounts", "other-sa", StatusCode::FORBIDDEN),
     ] {
         let code = get(format!("/api/v1/namespaces/default/{plural}/{name}")).await;
         assert_eq!(code, want, "{plural}/{name}");
@@ -475,6 +483,7 @@ async fn nodes_read_only_the_secrets_and_config_maps_their_pods_reference() {
     for path in [
         "/api/v1/namespaces/default/secrets",
         "/api/v1/namespaces/default/configmaps",
+        "/api/v1/namespaces/default/serviceaccounts",
         "/api/v1/configmaps?watch=true",
     ] {
         assert_eq!(get(path.to_string()).await, StatusCode::FORBIDDEN, "{path}");

@@ -44,6 +44,8 @@ pub struct SyncContext {
     pub evictions: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The node's pod policies.
     pub policy: crate::PodPolicy,
+    /// Limits how many sandboxes and containers are being made at once.
+    pub start_gate: Arc<super::gate::Gate>,
 }
 
 /// One container's bookkeeping across its runs.
@@ -423,7 +425,10 @@ impl PodRuntime {
             .into(),
             pids_limit: ctx.policy.pod_max_pids,
         };
-        let st = ctx.engine.create_pod(&spec).map_err(|e| e.to_string())?;
+        let st = {
+            let _pass = ctx.start_gate.enter();
+            ctx.engine.create_pod(&spec).map_err(|e| e.to_string())?
+        };
         Ok(if host_network {
             ctx.node_ip.clone()
         } else {
@@ -487,6 +492,7 @@ impl PodRuntime {
             }
         }
 
+        let _pass = ctx.start_gate.enter();
         // A leftover of an interrupted start of this run is replaced.
         let _ = ctx.engine.remove(&id, true);
         let prepared = match ctx.engine.prepare(&cfg) {

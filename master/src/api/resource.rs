@@ -147,9 +147,11 @@ fn authorize(
         ))
     };
     if read {
-        // Secrets and ConfigMaps: only `get`, and only those its pods reference (checked by
+        // Secrets, ConfigMaps, ServiceAccounts: only `get`, and only those its pods reference (checked by
         // the caller with [`node_may_read`], which needs the store).
-        return if matches!(t.resource.kind, "Secret" | "ConfigMap") && verb != "get" {
+        return if matches!(t.resource.kind, "Secret" | "ConfigMap" | "ServiceAccount")
+            && verb != "get"
+        {
             Err(deny())
         } else {
             Ok(())
@@ -187,9 +189,9 @@ fn authorize(
     }
 }
 
-/// Whether a pod bound to `node` in the target's namespace references the Secret or ConfigMap
-/// `t` names (volumes, projected sources, env, envFrom, imagePullSecrets), as Kubernetes' node
-/// authorizer decides.
+/// Whether a pod bound to `node` in the target's namespace references the Secret, ConfigMap or
+/// ServiceAccount `t` names (volumes, projected sources, env, envFrom, imagePullSecrets,
+/// serviceAccountName), as Kubernetes' node authorizer decides.
 async fn node_may_read(st: &AppState, node: &str, t: &Target) -> Result<bool, ApiError> {
     let (Some(ns), Some(name)) = (t.namespace.as_deref(), t.name.as_deref()) else {
         return Ok(false);
@@ -209,9 +211,17 @@ async fn node_may_read(st: &AppState, node: &str, t: &Target) -> Result<bool, Ap
     Ok(false)
 }
 
-/// Whether `pod` references the Secret or ConfigMap (`kind`) `name`.
+/// Whether `pod` references the Secret, ConfigMap or ServiceAccount (`kind`) `name`.
 pub fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
     let spec = &pod["spec"];
+    if kind == "ServiceAccount" {
+        let sa = spec["serviceAccountName"]
+            .as_str()
+            .or(spec["serviceAccount"].as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        return sa == name;
+    }
     let (vol_key, vol_name, env_ref, from_ref) = match kind {
         "Secret" => ("secret", "secretName", "secretKeyRef", "secretRef"),
         "ConfigMap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
@@ -304,7 +314,7 @@ pub async fn handle(
         "get" => {
             authorize(id, verb, &t, None, None)?;
             if let Identity::Node { node } = id {
-                if matches!(t.resource.kind, "Secret" | "ConfigMap")
+                if matches!(t.resource.kind, "Secret" | "ConfigMap" | "ServiceAccount")
                     && !node_may_read(st, node, &t).await?
                 {
                     return Err(ApiError::Forbidden(format!(

@@ -233,28 +233,12 @@ impl Pods {
         })
     }
 
-    /// Claims `name` for a pod being created: `.<name>.creating` holding the creator's pid,
-    /// made under the directory lock. A name with a pod or a live creator's claim is taken; a
-    /// claim whose creator died (a crash mid-create) is taken over.
-    fn reserve(&self, name: &str) -> Result<PathBuf, PodError> {
-        let _lock = self.lock()?;
+    /// Fails with [`PodError::Exists`] when `name` has a pod.
+    fn check_free(&self, name: &str) -> Result<(), PodError> {
         if self.file(name).exists() {
             return Err(PodError::Exists(name.to_string()));
         }
-        let claim = self.dir.join(format!(".{name}.creating"));
-        let live = |text: &str| {
-            let mut f = text.split_whitespace();
-            let pid = f.next().and_then(|p| p.parse::<i32>().ok());
-            let start = f.next().and_then(|t| t.parse::<u64>().ok());
-            matches!((pid, start), (Some(p), Some(t)) if sandbox::process_start_time(p) == Some(t))
-        };
-        if fs::read_to_string(&claim).is_ok_and(|t| live(&t)) {
-            return Err(PodError::Exists(name.to_string()));
-        }
-        let me = std::process::id() as i32;
-        let mine = format!("{me} {}", sandbox::process_start_time(me).unwrap_or(0));
-        fs::write(&claim, mine).map_err(state_err(&claim))?;
-        Ok(claim)
+        Ok(())
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -268,9 +252,12 @@ impl Pods {
             path: path.clone(),
             source: e.into(),
         })?;
+        // Runtime state, like a container's state.json (and runc's): written whole and
+        // renamed into place, not fsynced — it describes processes that a reboot ends anyway,
+        // and an fsync per save serialised pod start-up on the filesystem's journal.
         let mut f = File::create(&tmp).map_err(state_err(&tmp))?;
         f.write_all(&bytes).map_err(state_err(&tmp))?;
-        f.sync_all().map_err(state_err(&tmp))?;
+        drop(f);
         fs::rename(&tmp, &path).map_err(state_err(&path))
     }
 
@@ -329,9 +316,14 @@ impl Pods {
             } => Some(CniNetwork::load(conf_dir, name, plugin_dirs.clone())?),
             _ => None,
         };
-        // The directory lock covers only the name's reservation and the final save: sandbox
-        // start and CNI ADD run unlocked, so one agent creates many pods at once.
-        let reservation = self.reserve(&spec.name)?;
+        // The directory lock covers only the checks that the name is free and the final
+        // save: sandbox start and CNI ADD run unlocked, so one agent creates many pods at
+        // once. Two creators racing for one name both attach; the second to save undoes its
+        // sandbox and network and fails (no claim file: nothing is left if a creator dies).
+        {
+            let _lock = self.lock()?;
+            self.check_free(&spec.name)?;
+        }
         let hostname = spec.hostname.clone().unwrap_or_else(|| spec.name.clone());
         let own_network = spec.network != PodNetwork::Host;
         let sandbox = Sandbox::spawn(sandbox_exe, sandbox_args, &hostname, own_network)?;
@@ -358,16 +350,14 @@ impl Pods {
                 st.cni_result = Some(result);
             }
             let _lock = self.lock()?;
+            self.check_free(&st.name)?;
             self.save(&st)
         };
-        let attached = attach();
-        let _ = fs::remove_file(&reservation);
-        if let Err(e) = attached {
+        if let Err(e) = attach() {
             if let (Some(net), Some(r)) = (&network, &st.cni_result) {
                 let _ = net.del(&st.id, Some(&sandbox.ns_path("net")), POD_IFNAME, Some(r));
             }
             sandbox.stop();
-            let _ = fs::remove_file(self.file(&spec.name));
             return Err(e);
         }
         tracing::info!(pod = %st.name, ip = ?st.ip, "pod created");
@@ -441,17 +431,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_name_being_created_is_taken_until_its_creator_dies() {
+    fn a_name_with_a_pod_is_taken_and_a_failed_create_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let pods = Pods::new(dir.path());
-        let claim = pods.reserve("web").unwrap();
-        // A second create of the same name while the first is still attaching: refused.
-        assert!(matches!(pods.reserve("web"), Err(PodError::Exists(n)) if n == "web"));
-        // Claims are not pods.
+        let spec = PodSpec {
+            name: "web".into(),
+            hostname: None,
+            network: PodNetwork::Host,
+            labels: Default::default(),
+            pids_limit: None,
+        };
+        // A sandbox that cannot start: nothing recorded, the name stays free.
+        let err = pods
+            .create(&spec, Path::new("/nonexistent/podlet"), &["pause"])
+            .unwrap_err();
+        assert!(!matches!(err, PodError::Exists(_)), "{err}");
         assert!(pods.list().unwrap().is_empty());
-        // A creator that died mid-create (its pid's start time no longer matches).
-        fs::write(&claim, format!("{} 1", std::process::id())).unwrap();
-        let again = pods.reserve("web").unwrap();
-        assert_eq!(again, claim);
+        assert!(pods.check_free("web").is_ok());
+        // A recorded pod takes its name.
+        fs::create_dir_all(dir.path().join("pods")).unwrap();
+        fs::write(pods.file("web"), "{}").unwrap();
+        assert!(matches!(pods.check_free("web"), Err(PodError::Exists(n)) if n == "web"));
+        assert!(matches!(
+            pods.create(&spec, Path::new("/nonexistent/podlet"), &["pause"]),
+            Err(PodError::Exists(_))
+        ));
     }
 }
