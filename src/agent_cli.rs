@@ -53,6 +53,9 @@ pub struct AgentArgs {
     /// …and removes unused images until usage is below this (percent).
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     image_gc_low_threshold: u8,
+    /// Images stored more recently than this are never collected (e.g. 2m, 90s, 0s).
+    #[arg(long, default_value = "2m", value_parser = podlet_agent::parse_duration)]
+    minimum_image_ttl_duration: std::time::Duration,
 }
 
 fn node_name(given: Option<&str>) -> Result<String> {
@@ -171,6 +174,7 @@ pub fn run(
             pod_max_pids: (a.pod_max_pids > 0).then_some(a.pod_max_pids),
             image_gc_high_percent: a.image_gc_high_threshold,
             image_gc_low_percent: a.image_gc_low_threshold,
+            image_min_age: a.minimum_image_ttl_duration,
         },
     };
     if a.image_gc_low_threshold > a.image_gc_high_threshold {

@@ -1,9 +1,11 @@
 //! Image garbage collection by disk usage, like kubelet's image manager: when the filesystem
 //! of the image store is at least `--image-gc-high-threshold` percent full, images that no
-//! container on the node uses (running or exited) are removed, oldest first, until usage is
-//! at most `--image-gc-low-threshold`; their blobs and unpacked layers go with them.
+//! container on the node uses (running or exited) and no pod bound to it names, stored longer
+//! ago than `--minimum-image-ttl-duration`, are removed, oldest first, until usage is at most
+//! `--image-gc-low-threshold`; their blobs and unpacked layers go with them.
 
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,18 +43,34 @@ pub struct GcReport {
 /// usage is at most `low` percent (`usage` measures it; a parameter so tests can script it).
 pub fn collect(
     engine: &Engine,
-    high: u8,
-    low: u8,
+    policy: &PodPolicy,
+    wanted: &[String],
     usage: &mut dyn FnMut() -> f64,
 ) -> Result<GcReport, String> {
+    let (high, low) = (policy.image_gc_high_percent, policy.image_gc_low_percent);
     let mut report = GcReport::default();
     if usage() < f64::from(high) {
         return Ok(report);
     }
     let store = engine.store();
     let snapshots = Snapshot::list(store);
+    // The names pods use, as the store spells them (`busybox` → docker.io/library/busybox:latest).
+    let named: Vec<String> = wanted
+        .iter()
+        .filter_map(|w| store.resolve(w).ok().map(|r| r.name))
+        .collect();
+    let young = |created: &str| {
+        jiff::Timestamp::from_str(created).map_or(true, |t| {
+            let age = jiff::Timestamp::now().duration_since(t);
+            age.as_secs() < policy.image_min_age.as_secs() as i64
+        })
+    };
     let mut images = store.list().map_err(|e| e.to_string())?;
-    images.retain(|i| !snapshots.iter().any(|s| s.image == i.name));
+    images.retain(|i| {
+        !snapshots.iter().any(|s| s.image == i.name)
+            && !named.contains(&i.name)
+            && !young(&i.created)
+    });
     // RFC 3339 times of one format sort as text.
     images.sort_by(|a, b| a.created.cmp(&b.created));
     let in_use: Vec<std::path::PathBuf> = snapshots.into_iter().flat_map(|s| s.layers).collect();
@@ -73,16 +91,23 @@ pub fn collect(
     Ok(report)
 }
 
+/// The images of every pod on the node, by pod uid (kept by the pod workers).
+pub type PodImages = Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>;
+
 /// Runs [`collect`] every [`GC_PERIOD`] on the blocking pool.
-pub async fn run(engine: Arc<Engine>, policy: PodPolicy) {
+pub async fn run(engine: Arc<Engine>, policy: PodPolicy, pod_images: PodImages) {
     loop {
         tokio::time::sleep(GC_PERIOD).await;
         let e = engine.clone();
-        let (high, low) = (policy.image_gc_high_percent, policy.image_gc_low_percent);
+        let p = policy.clone();
+        let wanted: Vec<String> = pod_images
+            .lock()
+            .map(|m| m.values().flatten().cloned().collect())
+            .unwrap_or_default();
         let done = tokio::task::spawn_blocking(move || {
             let root = e.config().root.clone();
             let mut usage = || usage_percent(&root).unwrap_or(0.0);
-            collect(&e, high, low, &mut usage)
+            collect(&e, &p, &wanted, &mut usage)
         })
         .await;
         match done {

@@ -109,6 +109,9 @@ pub struct PodPolicy {
     pub image_gc_high_percent: u8,
     /// …and removes unused images, least recently used first, until it is this full.
     pub image_gc_low_percent: u8,
+    /// An image stored more recently than this is never collected (kubelet's
+    /// `--minimum-image-ttl-duration`, 2 minutes).
+    pub image_min_age: std::time::Duration,
 }
 
 impl Default for PodPolicy {
@@ -118,12 +121,38 @@ impl Default for PodPolicy {
             pod_max_pids: None,
             image_gc_high_percent: 85,
             image_gc_low_percent: 80,
+            image_min_age: std::time::Duration::from_secs(120),
         }
     }
 }
 
 /// kubelet's default hard eviction threshold for available memory.
 pub const DEFAULT_EVICTION_MEMORY: u64 = 100 << 20;
+
+/// Parses a kubelet-style duration: `90s`, `2m`, `1h`, `1h30m`, `0s`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?}: expected a duration like 2m, 90s or 1h30m");
+    let mut total = 0u64;
+    let mut num = String::new();
+    for ch in s.trim().chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += n * match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() || s.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
 
 /// Parses `memory.available<QUANTITY` (kubelet's `--eviction-hard` for memory).
 pub fn parse_eviction_hard(s: &str) -> Result<u64, String> {
@@ -168,9 +197,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         network,
         evictions: Default::default(),
         policy: cfg.policy.clone(),
-        start_gate: std::sync::Arc::new(pods::gate::Gate::per_cpu()),
+        pod_images: Default::default(),
     };
-    tokio::spawn(images::run(ctx.engine.clone(), cfg.policy.clone()));
+    tokio::spawn(images::run(
+        ctx.engine.clone(),
+        cfg.policy.clone(),
+        ctx.pod_images.clone(),
+    ));
     tokio::spawn(pods::eviction::run(
         client.clone(),
         cfg.clone(),
@@ -183,6 +216,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_like_kubelet() {
+        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_duration("0s").unwrap().as_secs(), 0);
+        for bad in ["", "5", "2x", "m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn eviction_thresholds_parse_like_kubelet() {

@@ -677,6 +677,8 @@ fn private_images_security_contexts_and_node_policies_are_honoured() {
             "0",
             "--image-gc-low-threshold",
             "0",
+            "--minimum-image-ttl-duration",
+            "0s",
         ],
     );
     let _registry = PrivateRegistry::start(&c);
@@ -781,6 +783,47 @@ fn private_images_security_contexts_and_node_policies_are_honoured() {
         out.contains("can't fork") || out.contains("Resource temporarily unavailable"),
         "{out}"
     );
+    // privileged: every capability, no seccomp filter (even with --seccomp-default), /sys
+    // writable, nothing masked in /proc.
+    c.apply(&private_pod(
+        "privileged",
+        &format!(
+            r#"  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - {{name: c, image: "{PRIVATE}", command: [sleep, "600"], securityContext: {{privileged: true}}}}"#
+        ),
+    ));
+    let p = wait_for(
+        "the privileged pod Running",
+        Duration::from_secs(60),
+        || {
+            let p = get("privileged")?;
+            (p["status"]["phase"] == "Running").then_some(p)
+        },
+    );
+    let pid = format!("k8s-{}.c.c.0", p["metadata"]["uid"].as_str().unwrap());
+    let pexec = |script: &str| text(&c.podlet(0, &["exec", &pid, "sh", "-c", script]));
+    let st = pexec("cat /proc/self/status");
+    assert!(st.contains("Seccomp:\t0"), "{st}");
+    // Every capability this host lets the agent have (this machine withholds some).
+    let host = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("CapEff:"))
+            .map(String::from)
+    };
+    assert_eq!(cap_eff(&st), cap_eff(&host), "{st}");
+    let mounts = pexec("cat /proc/mounts");
+    assert!(
+        mounts.lines().any(|l| l.starts_with("sysfs /sys sysfs rw")),
+        "/sys is not writable:\n{mounts}"
+    );
+    assert!(
+        !mounts.contains(" /proc/keys "),
+        "/proc/keys still masked:\n{mounts}"
+    );
+    // The unprivileged pod has them masked.
+    assert!(exec("cat /proc/mounts").contains(" /proc/keys "));
     // runAsNonRoot against the image's own user (root): refused with kubelet's message.
     c.apply(&private_pod(
         "rootish",
@@ -805,12 +848,21 @@ fn private_images_security_contexts_and_node_policies_are_honoured() {
     );
     let mountinfo = || std::fs::read_to_string(format!("/proc/{agent_pid}/mountinfo")).unwrap();
     assert!(mountinfo().contains(&scratch));
-    // …and is collected once none does; the memory emptyDir is unmounted with its pod.
-    c.kubectl_ok(&["delete", "pod", "private", "rootish", "--wait=true"]);
+    // …and while a pod names it without any container of its own (rootish never started
+    // one; a crashing container between restarts is the same case)…
+    c.kubectl_ok(&["delete", "pod", "private", "privileged", "--wait=true"]);
     assert!(
         !mountinfo().contains(&scratch),
         "the tmpfs outlived its pod"
     );
+    std::thread::sleep(Duration::from_secs(12));
+    let images = text(&c.podlet(0, &["image", "ls"]));
+    assert!(
+        images.contains("private/bb"),
+        "collected while rootish names it: {images}"
+    );
+    // …and is collected once nothing does.
+    c.kubectl_ok(&["delete", "pod", "rootish", "--wait=true"]);
     wait_for(
         "the unused image collected",
         Duration::from_secs(40),

@@ -483,6 +483,7 @@ pub fn container_config(
         tty: c.tty == Some(true),
         remove: false,
         seccomp: Seccomp::Unconfined,
+        privileged,
     })
 }
 

@@ -7,7 +7,6 @@
 
 pub mod convert;
 pub mod eviction;
-pub mod gate;
 pub mod naming;
 pub mod probes;
 pub mod pull_secrets;

@@ -44,8 +44,9 @@ pub struct SyncContext {
     pub evictions: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The node's pod policies.
     pub policy: crate::PodPolicy,
-    /// Limits how many sandboxes and containers are being made at once.
-    pub start_gate: Arc<super::gate::Gate>,
+    /// The images each pod (by uid) on this node names: image GC keeps them even while no
+    /// container of theirs exists (between restarts, before the first start).
+    pub pod_images: Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
 }
 
 /// One container's bookkeeping across its runs.
@@ -206,6 +207,9 @@ fn pre_stop(ctx: &SyncContext, c: &Container, id: &str, pod_ip: &str, deadline: 
 /// stop signal (SIGTERM), SIGKILL once `grace` has passed — and removes its sandbox (network
 /// released) and its volumes. `pod` is the last spec seen, if any.
 pub fn teardown(ctx: &SyncContext, uid: &str, pod: Option<&Pod>, grace: Duration) {
+    if let Ok(mut m) = ctx.pod_images.lock() {
+        m.remove(uid);
+    }
     let sandbox_name = naming::sandbox(uid);
     let engine = &ctx.engine;
     let sandbox = engine.pod(&sandbox_name).ok();
@@ -425,10 +429,7 @@ impl PodRuntime {
             .into(),
             pids_limit: ctx.policy.pod_max_pids,
         };
-        let st = {
-            let _pass = ctx.start_gate.enter();
-            ctx.engine.create_pod(&spec).map_err(|e| e.to_string())?
-        };
+        let st = ctx.engine.create_pod(&spec).map_err(|e| e.to_string())?;
         Ok(if host_network {
             ctx.node_ip.clone()
         } else {
@@ -492,7 +493,6 @@ impl PodRuntime {
             }
         }
 
-        let _pass = ctx.start_gate.enter();
         // A leftover of an interrupted start of this run is replaced.
         let _ = ctx.engine.remove(&id, true);
         let prepared = match ctx.engine.prepare(&cfg) {
@@ -581,6 +581,20 @@ impl PodRuntime {
     /// One sync of `pod`; returns its status for the API.
     pub fn sync(&mut self, ctx: &SyncContext, pod: &Pod, refs: &Refs) -> Value {
         let uid = uid_of(pod);
+        let images: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+            })
+            .filter_map(|c| c.image.clone())
+            .collect();
+        if let Ok(mut m) = ctx.pod_images.lock() {
+            m.insert(uid.clone(), images);
+        }
         if !self.adopted {
             self.adopt(ctx, &uid);
         }

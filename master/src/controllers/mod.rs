@@ -196,13 +196,18 @@ impl Ctx {
     }
 }
 
+/// Slots of an informer's change channel (see [`Informer::changes`]).
+const CHANGE_SLOTS: usize = 16;
+
 /// A resource's objects, kept current from the watch cache; `changed` ticks on every event.
 /// Its feeding task stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Informer {
     objects: Arc<RwLock<BTreeMap<String, Arc<Value>>>>,
-    /// Notified on every change (the key changed).
-    pub changes: tokio::sync::broadcast::Sender<String>,
+    /// Ticks on every change: a wake-up only (a lagging receiver just wakes once), so the
+    /// channel is small — tokio preallocates every slot, and 65,536 slots per informer were
+    /// most of the master's idle memory.
+    pub changes: tokio::sync::broadcast::Sender<()>,
     feeder: Arc<AbortOnDrop>,
 }
 
@@ -234,7 +239,7 @@ impl Informer {
     async fn start(st: AppState, r: &'static Resource) -> Informer {
         let inf = Informer {
             objects: Arc::default(),
-            changes: tokio::sync::broadcast::channel(65536).0,
+            changes: tokio::sync::broadcast::channel(CHANGE_SLOTS).0,
             feeder: Arc::new(AbortOnDrop(std::sync::OnceLock::new())),
         };
         // The task holds only the data, not the informer (or it would keep itself alive).
@@ -277,15 +282,14 @@ impl Informer {
             let obj = st.codec.decode(kv)?;
             fresh.insert(object_key(&obj), Arc::new(obj));
         }
-        let keys: Vec<String> = {
+        let changed = {
             let mut map = self.objects.write().unwrap();
-            let mut keys: Vec<String> = map.keys().chain(fresh.keys()).cloned().collect();
-            keys.dedup();
+            let changed = !map.is_empty() || !fresh.is_empty();
             *map = fresh;
-            keys
+            changed
         };
-        for k in keys {
-            let _ = self.changes.send(k);
+        if changed {
+            let _ = self.changes.send(());
         }
         st.cache.wait_for(page.revision).await;
         let (replay, mut live) = st
@@ -309,7 +313,7 @@ impl Informer {
                     map.insert(key.clone(), ev.object.clone());
                 }
             }
-            let _ = self.changes.send(key);
+            let _ = self.changes.send(());
         };
         for ev in replay {
             last = ev.revision;

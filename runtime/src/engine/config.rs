@@ -93,6 +93,10 @@ pub struct ContainerConfig {
     pub cap_drop: Vec<String>,
     /// The seccomp filter.
     pub seccomp: Seccomp,
+    /// Kubernetes' `privileged` (with `cap_add: ALL` and no seccomp, set by the caller):
+    /// no masked or read-only `/proc` paths, `/sys` and the cgroup tree writable. Host
+    /// devices are not added to `/dev`.
+    pub privileged: bool,
     /// Set `no_new_privs` for the container's processes.
     pub no_new_privileges: bool,
     /// Give the process a terminal.

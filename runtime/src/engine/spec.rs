@@ -276,6 +276,17 @@ pub fn build(
     if let Some(p) = pod {
         p.join(&mut spec);
     }
+    if c.privileged {
+        for m in spec["mounts"].as_array_mut().into_iter().flatten() {
+            if matches!(m["destination"].as_str(), Some("/sys" | "/sys/fs/cgroup")) {
+                if let Some(opts) = m["options"].as_array_mut() {
+                    opts.retain(|o| o != "ro");
+                }
+            }
+        }
+        spec["linux"]["maskedPaths"] = json!([]);
+        spec["linux"]["readonlyPaths"] = json!([]);
+    }
     let linux = &mut spec["linux"];
     if host_network {
         if let Some(ns) = linux["namespaces"].as_array_mut() {
