@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api bench-scheduler bench-pods conformance
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api bench-scheduler bench-pods bench-smoke conformance
 
 all: build
 
@@ -38,6 +38,7 @@ test: build
 	status=0; \
 	$(CARGO) test --workspace --no-fail-fast 2>&1 | tee $$log; status=$${PIPESTATUS[0]}; \
 	./target/debug/podlet-leak-guard check || status=1; \
+	$(CARGO) bench --bench smoke --profile dev 2>&1 | tee -a $$log; [ $${PIPESTATUS[0]} -eq 0 ] || status=1; \
 	vmfile=target/debug/podlet-vm-cache/backend-$$PODLET_TEST_RUN; \
 	echo "cgroup v2 tier: VM backend $$(cat $$vmfile 2>/dev/null || echo 'not used') ($$([ -n "$${PODLET_TEST_VM:-}" ] && echo forced || echo probed))"; \
 	rm -f $$vmfile $$vmfile.lock; \
@@ -68,6 +69,11 @@ bench-scheduler:
 	$(CARGO) bench --bench scheduler
 
 # Pod start-up through a master and three agents in node namespaces, 100 pods (docs/benchmarks.md).
+# The master's RSS against benches/smoke-bounds.json (fails past +25 %); also the tail of
+# `make test`. PODLET_SMOKE_RECORD=1 re-records the bounds.
+bench-smoke: build
+	$(CARGO) bench --bench smoke --profile dev
+
 bench-pods: release
 	$(CARGO) build --release -p podlet-testkit --bins
 	$(CARGO) bench --bench pods
