@@ -40,16 +40,6 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|k| k.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 struct Row(String, String);
 
 async fn run(label: &str, m: &Master) -> Vec<Row> {
@@ -59,7 +49,7 @@ async fn run(label: &str, m: &Master) -> Vec<Row> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     rows.push(Row(
         format!("{label}: RSS idle"),
-        format!("{:.1} MiB", rss_mib(m.pid())),
+        format!("{:.1} MiB", m.rss_mib()),
     ));
 
     // Open loop: 200 creates/s for 10 s.
@@ -130,7 +120,7 @@ async fn run(label: &str, m: &Master) -> Vec<Row> {
     ));
     rows.push(Row(
         format!("{label}: RSS with 10,000 pods"),
-        format!("{:.1} MiB", rss_mib(m.pid())),
+        format!("{:.1} MiB", m.rss_mib()),
     ));
 
     let lat = Arc::new(Mutex::new(Vec::new()));

@@ -30,21 +30,11 @@ fn pod(name: &str) -> Pod {
     .unwrap()
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|k| k.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// (idle RSS, RSS with 2,000 pods, p99 of the paced creates, LIST time), MiB and ms.
 async fn measure(m: &Master) -> (f64, f64, f64, f64) {
     let api: Api<Pod> = Api::namespaced(m.client().await, "default");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = rss_mib(m.pid());
+    let idle = m.rss_mib();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut tasks = Vec::new();
     for i in 0..500 {
@@ -90,7 +80,7 @@ async fn measure(m: &Master) -> (f64, f64, f64, f64) {
     let list = api.list(&ListParams::default()).await.expect("list");
     let list_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(list.items.len(), 2000, "the LIST returned every pod");
-    (idle, rss_mib(m.pid()), p99, list_ms)
+    (idle, m.rss_mib(), p99, list_ms)
 }
 
 fn main() {

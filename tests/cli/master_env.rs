@@ -99,6 +99,19 @@ impl Master {
         self.child.id()
     }
 
+    /// Its resident memory (`VmRSS`) in MiB; 0 once it is gone.
+    #[allow(dead_code)] // used by the benchmarks, not by the tests
+    pub fn rss_mib(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|k| k.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
