@@ -246,7 +246,7 @@ pub fn environment(
 
 /// The container's seccomp filter from `seccompProfile` (the container's, else the pod's):
 /// `RuntimeDefault`, `Unconfined`, or `Localhost` — an OCI seccomp JSON file below
-/// `profiles_dir` (kubelet's `<root>/seccomp`). Unset: `RuntimeDefault` when the node's
+/// `profiles_dir` (kubelet's `<root>/seccomp`; the engine checks its fields). Unset: `RuntimeDefault` when the node's
 /// `--seccomp-default` says so, else `Unconfined`. Privileged containers are unconfined.
 pub fn seccomp(
     pod: &Pod,
@@ -291,8 +291,6 @@ pub fn seccomp(
             let bytes = std::fs::read(&path)
                 .map_err(|e| format!("seccomp profile {}: {e}", path.display()))?;
             let value: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("seccomp profile {}: {e}", path.display()))?;
-            serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(value.clone())
                 .map_err(|e| format!("seccomp profile {}: {e}", path.display()))?;
             Ok(Seccomp::Profile(value))
         }
@@ -605,6 +603,59 @@ mod tests {
         assert!(check(&p, "").is_ok());
         let p = with(serde_json::json!({}));
         assert!(check(&p, "").is_ok());
+    }
+
+    #[test]
+    fn seccomp_profiles_follow_the_container_then_the_pod_then_the_node() {
+        let with = |pod_sc: serde_json::Value, c_sc: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"securityContext": pod_sc,
+                         "containers": [{"name": "c", "image": "x", "securityContext": c_sc}]}
+            }))
+            .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mine.json"),
+            r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#,
+        )
+        .unwrap();
+        let get = |p: &Pod, node_default: bool| {
+            seccomp(
+                p,
+                &p.spec.as_ref().unwrap().containers[0],
+                node_default,
+                dir.path(),
+            )
+        };
+        let none = with(serde_json::json!({}), serde_json::json!({}));
+        assert_eq!(get(&none, false).unwrap(), Seccomp::Unconfined);
+        assert_eq!(get(&none, true).unwrap(), Seccomp::RuntimeDefault);
+        let pod_rd = with(
+            serde_json::json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+            serde_json::json!({"seccompProfile": {"type": "Unconfined"}}),
+        );
+        assert_eq!(get(&pod_rd, true).unwrap(), Seccomp::Unconfined);
+        let privileged = with(
+            serde_json::json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+            serde_json::json!({"privileged": true}),
+        );
+        assert_eq!(get(&privileged, true).unwrap(), Seccomp::Unconfined);
+        let local = |name: &str| {
+            with(
+                serde_json::json!({}),
+                serde_json::json!({"seccompProfile": {"type": "Localhost", "localhostProfile": name}}),
+            )
+        };
+        assert!(matches!(
+            get(&local("mine.json"), false).unwrap(),
+            Seccomp::Profile(_)
+        ));
+        let err = get(&local("../etc/x.json"), false).unwrap_err();
+        assert!(err.contains("without '..'"), "{err}");
+        let err = get(&local("gone.json"), false).unwrap_err();
+        assert!(err.contains("gone.json"), "{err}");
     }
 
     #[test]

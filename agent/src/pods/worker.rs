@@ -467,7 +467,7 @@ impl PodRuntime {
             t.waiting = Some(("CreateContainerConfigError".into(), msg));
             return;
         }
-        let cfg = match convert::container_config(
+        let mut cfg = match convert::container_config(
             pod,
             c,
             &id,
@@ -483,7 +483,6 @@ impl PodRuntime {
                 return;
             }
         };
-        let mut cfg = cfg;
         let profiles = ctx.data_dir.join("seccomp");
         match convert::seccomp(pod, c, ctx.policy.seccomp_default, &profiles) {
             Ok(s) => cfg.seccomp = s,

@@ -680,7 +680,9 @@ impl Engine {
             self.remove(id, true)?;
         }
         self.pods().remove(name)?;
-        self.remove_pod_cgroups(name);
+        if st.pids_limit.is_some() {
+            self.remove_pod_cgroups(name);
+        }
         Ok(())
     }
 }

@@ -325,8 +325,11 @@ pub fn build(
             linux["seccomp"] = super::seccomp_profile::runtime_default(&caps);
         }
         Seccomp::Profile(p) => {
-            serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(p.clone())
-                .map_err(|e| invalid(format!("seccomp profile: {e}")))?;
+            serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(p.clone()).map_err(|e| {
+                invalid(format!(
+                    "seccomp profile is not a valid OCI linux.seccomp object: {e}"
+                ))
+            })?;
             linux["seccomp"] = p.clone();
         }
     }
