@@ -34,15 +34,36 @@ pub fn next_free(cluster: (Ipv4Addr, u8), used: &BTreeSet<String>) -> Option<Str
         .find(|c| !used.contains(c))
 }
 
-async fn pass(ctx: &Ctx, nodes: &Informer, cluster: (Ipv4Addr, u8)) {
+/// Assignments made but not yet seen in the informer (node → CIDR): without them a pass that
+/// starts before the informer catches up hands one CIDR to two nodes.
+type Pending = std::sync::Mutex<std::collections::BTreeMap<String, String>>;
+
+async fn pass(ctx: &Ctx, nodes: &Informer, cluster: (Ipv4Addr, u8), pending: &Pending) {
     let all = nodes.list();
     let mut used: BTreeSet<String> = all
         .iter()
         .filter_map(|n| n["spec"]["podCIDR"].as_str().map(String::from))
         .collect();
+    {
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.retain(|node, _| {
+            all.iter().any(|n| {
+                n["metadata"]["name"].as_str() == Some(node.as_str())
+                    && n["spec"]["podCIDR"].is_null()
+            })
+        });
+        used.extend(p.values().cloned());
+    }
     let mut unassigned: Vec<&std::sync::Arc<serde_json::Value>> = all
         .iter()
         .filter(|n| n["spec"]["podCIDR"].is_null())
+        .filter(|n| {
+            let name = n["metadata"]["name"].as_str().unwrap_or("");
+            !pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(name)
+        })
         .collect();
     // Oldest first, so that CIDRs follow the order nodes joined in.
     unassigned.sort_by_key(|n| {
@@ -61,6 +82,10 @@ async fn pass(ctx: &Ctx, nodes: &Informer, cluster: (Ipv4Addr, u8)) {
         match ctx.patch(res("Node"), None, name, None, &patch).await {
             Ok(_) => {
                 tracing::info!(node = %name, %cidr, "pod CIDR assigned");
+                pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), cidr.clone());
                 used.insert(cidr);
             }
             Err(e) => tracing::warn!(node = %name, error = %e, "assigning a pod CIDR"),
@@ -71,8 +96,9 @@ async fn pass(ctx: &Ctx, nodes: &Informer, cluster: (Ipv4Addr, u8)) {
 /// Runs the controller over `cluster_cidr`.
 pub async fn run(ctx: Ctx, nodes: Informer, cluster_cidr: (Ipv4Addr, u8)) {
     let trigger = triggers(&[&nodes]);
+    let pending = Pending::default();
     level_loop(trigger, Duration::from_secs(5), || {
-        pass(&ctx, &nodes, cluster_cidr)
+        pass(&ctx, &nodes, cluster_cidr, &pending)
     })
     .await;
 }
