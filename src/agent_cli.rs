@@ -56,6 +56,9 @@ pub struct AgentArgs {
     /// Images stored more recently than this are never collected (e.g. 2m, 90s, 0s).
     #[arg(long, default_value = "2m", value_parser = podlet_agent::parse_duration)]
     minimum_image_ttl_duration: std::time::Duration,
+    /// Do not run the Service proxy and cluster DNS on this node (k3s's flag of that name).
+    #[arg(long)]
+    disable_kube_proxy: bool,
 }
 
 fn node_name(given: Option<&str>) -> Result<String> {
@@ -126,6 +129,7 @@ impl EmbeddedAgent {
             backend: self.backend,
             eviction_memory_available: podlet_agent::DEFAULT_EVICTION_MEMORY,
             policy: podlet_agent::PodPolicy::default(),
+            service_proxy: true,
         })
     }
 }
@@ -176,6 +180,7 @@ pub fn run(
             image_gc_low_percent: a.image_gc_low_threshold,
             image_min_age: a.minimum_image_ttl_duration,
         },
+        service_proxy: !a.disable_kube_proxy,
     };
     if a.image_gc_low_threshold > a.image_gc_high_threshold {
         bail!(

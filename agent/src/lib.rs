@@ -7,6 +7,7 @@
 //! - [`network`]: the pod network on this node's pod CIDR and host-gw routes to the others.
 //! - [`pods`]: pod workers (one per pod, level-triggered) that sync pods to the engine.
 //! - [`maglev`]: the consistent-hashing table for userspace Service load balancing.
+//! - [`services`]: the Service proxy (`sk_lookup` + Maglev, no NAT rules) and cluster DNS.
 
 pub mod client;
 pub mod images;
@@ -14,6 +15,7 @@ pub mod maglev;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod services;
 
 use std::path::PathBuf;
 
@@ -95,6 +97,8 @@ pub struct AgentConfig {
     pub eviction_memory_available: u64,
     /// kubelet-style policies for the pods this node runs.
     pub policy: PodPolicy,
+    /// Run the Service proxy and cluster DNS ([`services`]) on this node.
+    pub service_proxy: bool,
 }
 
 /// What kubelet's flags of the same names set for every pod of the node.
@@ -190,6 +194,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         cgroup_root: cfg.cgroup_root.clone(),
         exe: cfg.exe.clone(),
     })?;
+    let services = if cfg.service_proxy {
+        Some(services::start(client.clone(), cfg.node_name.clone()).await?)
+    } else {
+        None
+    };
     let ctx = pods::worker::SyncContext {
         engine: std::sync::Arc::new(engine),
         data_dir: cfg.data_dir.clone(),
@@ -198,6 +207,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         evictions: Default::default(),
         policy: cfg.policy.clone(),
         pod_images: Default::default(),
+        services,
     };
     tokio::spawn(images::run(
         ctx.engine.clone(),

@@ -41,6 +41,16 @@ fn fnv1a(seed: u64, data: &[u8]) -> u64 {
     h ^ (h >> 31)
 }
 
+/// The table size for `backends` backends: [`DEFAULT_TABLE_SIZE`], or the smallest prime at
+/// least 100 × the backends when that is larger.
+pub fn table_size_for(backends: usize) -> usize {
+    let mut n = DEFAULT_TABLE_SIZE.max(backends.saturating_mul(100));
+    while !is_prime(n) {
+        n += 1;
+    }
+    n
+}
+
 fn is_prime(n: usize) -> bool {
     if n < 2 {
         return false;
@@ -131,6 +141,24 @@ impl MaglevTable {
             .map(String::as_str)
     }
 
+    /// The backend for a flow key, passing over the backends `avoid` names (ones that already
+    /// refused this flow): the next slots in table order decide instead, so a skipped backend's
+    /// flows spread over the others. `None` if every backend is avoided.
+    pub fn lookup_avoiding(&self, flow_key: &[u8], avoid: &[&str]) -> Option<&str> {
+        if self.backends.is_empty() {
+            return None;
+        }
+        let start = (fnv1a(3, flow_key) % self.slots.len() as u64) as usize;
+        (0..self.slots.len())
+            .map(|i| self.backends[self.slots[(start + i) % self.slots.len()] as usize].as_str())
+            .find(|b| !avoid.contains(b))
+    }
+
+    /// The backends, in the order given to [`MaglevTable::new`].
+    pub fn backends(&self) -> &[String] {
+        &self.backends
+    }
+
     /// How many slots each backend owns, in the order given to [`MaglevTable::new`].
     pub fn slot_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.backends.len()];
@@ -187,6 +215,20 @@ mod tests {
             moved_other < flows / 20,
             "{moved_other} of {flows} flows moved"
         );
+    }
+
+    #[test]
+    fn a_refusing_backend_is_passed_over_and_sizes_grow_with_backends() {
+        let t = MaglevTable::new(&names(3), 251).unwrap();
+        let first = t.lookup(b"flow").unwrap().to_string();
+        let second = t.lookup_avoiding(b"flow", &[&first]).unwrap();
+        assert_ne!(first, second);
+        let every: Vec<String> = names(3);
+        let avoid: Vec<&str> = every.iter().map(String::as_str).collect();
+        assert!(t.lookup_avoiding(b"flow", &avoid).is_none());
+        assert_eq!(table_size_for(3), DEFAULT_TABLE_SIZE);
+        let big = table_size_for(1000);
+        assert!(big >= 100_000 && is_prime(big));
     }
 
     #[test]

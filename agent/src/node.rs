@@ -258,6 +258,7 @@ mod tests {
             backend: crate::RouteBackend::HostGw,
             eviction_memory_available: crate::DEFAULT_EVICTION_MEMORY,
             policy: crate::PodPolicy::default(),
+            service_proxy: false,
         }
     }
 

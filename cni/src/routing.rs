@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourFlag};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlag, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteFlag, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, IpVersion};
 
@@ -59,8 +59,9 @@ pub fn vtep_mac(node_ip: Ipv4Addr) -> [u8; 6] {
     [0x0e, 0x9d, o[0], o[1], o[2], o[3]]
 }
 
+/// A podlet route to a peer (the Service range's `local` route is not one).
 fn is_ours(r: &RouteMessage) -> bool {
-    r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+    r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) && r.header.kind == RouteType::Unicast
 }
 
 fn destination(r: &RouteMessage) -> Option<Subnet> {
@@ -239,6 +240,32 @@ pub fn sync_vxlan_peers(cfg: &VxlanConfig, peers: &[PeerNode]) -> Result<(), Cni
                     .map_err(|e| fail(&format!("route to {}", p.pod_cidr.network), e))?;
             }
             Ok(())
+        })
+    })
+}
+
+/// Makes every address of `range` local to this namespace (`ip route replace local RANGE dev lo
+/// table local`): packets to a Service address are delivered to this host's sockets (where the
+/// Service proxy's `sk_lookup` program picks them up) instead of being routed on.
+pub fn ensure_local_range(range: Subnet) -> Result<(), CniError> {
+    with_handle(move |h| {
+        Box::pin(async move {
+            let lo = link_by_name(&h, "lo")
+                .await?
+                .ok_or_else(|| fail("local route", "no loopback device"))?;
+            h.route()
+                .add()
+                .v4()
+                .replace()
+                .kind(RouteType::Local)
+                .scope(RouteScope::Host)
+                .table_id(255)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .output_interface(lo.header.index)
+                .destination_prefix(range.network, range.prefix)
+                .execute()
+                .await
+                .map_err(|e| fail(&format!("local route for {}/{}", range.network, range.prefix), e))
         })
     })
 }

@@ -4,6 +4,7 @@
 //! with syscalls. [`container`] is the operation API (create, start, kill, delete, …) that the
 //! runc-compatible CLI and the rest of podlet call; the other modules are its steps.
 
+pub mod bpf;
 pub mod cgroups;
 pub mod container;
 pub mod engine;

@@ -144,11 +144,13 @@ fn key_ref(
     }
 }
 
-/// The container's environment, in Kubernetes' order (`envFrom` first, then `env`).
+/// The container's environment, in Kubernetes' order (`envFrom` first, then `env`); the
+/// Service variables `services` fill in what neither sets and are visible to `$(VAR)`.
 pub fn environment(
     pod: &Pod,
     c: &Container,
     refs: &Refs,
+    services: &[(String, String)],
     pod_ip: &str,
     host_ip: &str,
 ) -> Result<Vec<(String, String)>, String> {
@@ -160,6 +162,9 @@ pub fn environment(
         }
         vars.insert(k, v);
     };
+    for (k, v) in services {
+        set(k.clone(), v.clone(), &mut vars);
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let (data, kind, name, optional) = if let Some(r) = &from.config_map_ref {
@@ -338,6 +343,7 @@ pub fn container_config(
     id: &str,
     sandbox: &str,
     refs: &Refs,
+    services: &[(String, String)],
     volumes: &BTreeMap<String, PathBuf>,
     pod_ip: &str,
     host_ip: &str,
@@ -347,7 +353,7 @@ pub fn container_config(
         .clone()
         .filter(|i| !i.is_empty())
         .ok_or("the container has no image")?;
-    let env = environment(pod, c, refs, pod_ip, host_ip)?;
+    let env = environment(pod, c, refs, services, pod_ip, host_ip)?;
     let vars: BTreeMap<String, String> = env.iter().cloned().collect();
     let exp = |v: &Vec<String>| v.iter().map(|s| expand(s, &vars)).collect::<Vec<_>>();
     let mut mounts = Vec::new();
@@ -482,6 +488,7 @@ pub fn container_config(
         remove: false,
         seccomp: Seccomp::Unconfined,
         privileged,
+        resolv_conf: None,
     })
 }
 
@@ -529,7 +536,7 @@ mod tests {
     fn env_values_refs_and_expansion() {
         let p = pod();
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let env: BTreeMap<_, _> = environment(&p, c, &refs(), "10.42.0.7", "10.0.0.1")
+        let env: BTreeMap<_, _> = environment(&p, c, &refs(), &[], "10.42.0.7", "10.0.0.1")
             .unwrap()
             .into_iter()
             .collect();
@@ -550,7 +557,7 @@ mod tests {
         let c = &p.spec.as_ref().unwrap().containers[0];
         let mut r = refs();
         r.secrets.insert("db".into(), None);
-        let err = environment(&p, c, &r, "", "").unwrap_err();
+        let err = environment(&p, c, &r, &[], "", "").unwrap_err();
         assert!(err.contains("secret \"db\" not found"), "{err}");
     }
 
@@ -559,7 +566,7 @@ mod tests {
         let p = pod();
         let c = &p.spec.as_ref().unwrap().containers[0];
         let vols = [("data".to_string(), PathBuf::from("/v/data"))].into();
-        let cfg = container_config(&p, c, "id", "sb", &refs(), &vols, "10.42.0.7", "h").unwrap();
+        let cfg = container_config(&p, c, "id", "sb", &refs(), &[], &vols, "10.42.0.7", "h").unwrap();
         assert_eq!(
             cfg.entrypoint,
             Some(vec!["sh".to_string(), "-c".to_string()])
@@ -572,7 +579,7 @@ mod tests {
         assert!(cfg.mounts[0].readonly);
         assert_eq!(cfg.pod.as_deref(), Some("sb"));
         let vols = BTreeMap::new();
-        let err = container_config(&p, c, "id", "sb", &refs(), &vols, "", "").unwrap_err();
+        let err = container_config(&p, c, "id", "sb", &refs(), &[], &vols, "", "").unwrap_err();
         assert!(err.contains("names no volume"), "{err}");
     }
 

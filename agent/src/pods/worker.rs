@@ -47,6 +47,9 @@ pub struct SyncContext {
     /// The images each pod (by uid) on this node names: image GC keeps them even while no
     /// container of theirs exists (between restarts, before the first start).
     pub pod_images: Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
+    /// The cluster's Services (environment variables, resolv.conf); `None` without the
+    /// Service proxy (`--disable-service-proxy`).
+    pub services: Option<crate::services::ServiceView>,
 }
 
 /// One container's bookkeeping across its runs.
@@ -467,12 +470,18 @@ impl PodRuntime {
             t.waiting = Some(("CreateContainerConfigError".into(), msg));
             return;
         }
+        let service_env = ctx
+            .services
+            .as_ref()
+            .map(|v| crate::services::pod_env::service_env(pod, &v.services.state()))
+            .unwrap_or_default();
         let mut cfg = match convert::container_config(
             pod,
             c,
             &id,
             &naming::sandbox(&uid),
             refs,
+            &service_env,
             vols,
             pod_ip,
             &ctx.node_ip,
@@ -483,6 +492,16 @@ impl PodRuntime {
                 return;
             }
         };
+        if let Some(v) = &ctx.services {
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            match crate::services::pod_env::resolv_conf(pod, v.dns_ip, &v.domain, &host) {
+                Ok(r) => cfg.resolv_conf = r,
+                Err(msg) => {
+                    t.waiting = Some(("CreateContainerConfigError".into(), msg));
+                    return;
+                }
+            }
+        }
         let profiles = ctx.data_dir.join("seccomp");
         match convert::seccomp(pod, c, ctx.policy.seccomp_default, &profiles) {
             Ok(s) => cfg.seccomp = s,

@@ -6,40 +6,18 @@
 //! and the first match decides; an access no rule matches is allowed (a new v1 cgroup starts
 //! with "a *:* rwm").
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
 use super::CgroupError;
 
-/// One eBPF instruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: (src << 4) | dst,
-        off,
-        imm,
-    }
-}
-
-// Opcodes (linux/bpf_common.h, linux/bpf.h).
-const LDX_MEM_W: u8 = 0x61;
-const ALU64_AND_K: u8 = 0x57;
-const ALU64_RSH_K: u8 = 0x77;
-const ALU64_MOV_K: u8 = 0xb7;
-const ALU64_MOV_X: u8 = 0xbf;
-const JMP_JNE_K: u8 = 0x55;
-const JMP_EXIT: u8 = 0x95;
+use crate::bpf::op::{
+    ALU64_AND_K, ALU64_MOV_K, ALU64_MOV_X, ALU64_RSH_K, JMP_EXIT, JMP_JNE_K, LDX_MEM_W,
+};
+use crate::bpf::{bpf, cmd, insn, Attr};
+pub use crate::bpf::Insn;
 
 // bpf_cgroup_dev_ctx: access_type = (access << 16) | type; then major, minor.
 const DEV_BLOCK: i32 = 1;
@@ -118,48 +96,9 @@ pub fn compile(rules: &[LinuxDeviceCgroup]) -> Vec<Insn> {
     prog
 }
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_ATTACH: libc::c_long = 8;
-const BPF_PROG_DETACH: libc::c_long = 9;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
-
-/// A zeroed `union bpf_attr` with fields written at their byte offsets.
-struct Attr([u8; 128]);
-
-impl Attr {
-    fn new() -> Self {
-        Attr([0; 128])
-    }
-    fn u32(mut self, off: usize, v: u32) -> Self {
-        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-    fn u64(mut self, off: usize, v: u64) -> Self {
-        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-}
-
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<libc::c_long> {
-    // SAFETY: attr is a live, writable 128-byte bpf_attr; the kernel reads/writes only that.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.0.as_mut_ptr(),
-            attr.0.len() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl Fn(std::io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io {
@@ -170,48 +109,15 @@ fn io_err<'a>(path: &'a Path, op: &'static str) -> impl Fn(std::io::Error) -> Cg
 }
 
 fn load(prog: &[Insn]) -> std::io::Result<OwnedFd> {
-    let license = c"Apache-2.0";
-    let mut log = vec![0u8; 16 * 1024];
-    let mut attr = Attr::new()
-        .u32(0, BPF_PROG_TYPE_CGROUP_DEVICE)
-        .u32(4, prog.len() as u32)
-        .u64(8, prog.as_ptr() as u64)
-        .u64(16, license.as_ptr() as u64)
-        .u32(24, 1)
-        .u32(28, log.len() as u32)
-        .u64(32, log.as_mut_ptr() as u64);
-    let fd = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-        let text = String::from_utf8_lossy(&log[..end]);
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        std::io::Error::new(e.kind(), format!("{e}; verifier: {last}"))
-    })?;
-    // SAFETY: BPF_PROG_LOAD returned a new fd that this process owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    crate::bpf::load(BPF_PROG_TYPE_CGROUP_DEVICE, 0, prog)
 }
 
 /// Programs attached to `cgroup` as device filters.
 fn attached(cgroup: &OwnedFd) -> std::io::Result<Vec<OwnedFd>> {
-    let mut ids = [0u32; 64];
-    let mut attr = Attr::new()
-        .u32(0, cgroup.as_raw_fd() as u32)
-        .u32(4, BPF_CGROUP_DEVICE)
-        .u64(16, ids.as_mut_ptr() as u64)
-        .u32(24, ids.len() as u32);
-    bpf(BPF_PROG_QUERY, &mut attr)?;
-    let count = u32::from_ne_bytes([attr.0[24], attr.0[25], attr.0[26], attr.0[27]]) as usize;
-    let mut fds = Vec::new();
-    for id in ids.iter().take(count.min(ids.len())) {
-        let mut a = Attr::new().u32(0, *id);
-        let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a)?;
-        // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new fd that this process owns.
-        fds.push(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    }
-    Ok(fds)
+    crate::bpf::prog_query(cgroup, BPF_CGROUP_DEVICE)?
+        .into_iter()
+        .map(crate::bpf::prog_fd_by_id)
+        .collect()
 }
 
 /// Loads the program for `rules` and makes it the only device filter of the cgroup v2
@@ -227,13 +133,13 @@ pub fn apply(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupError>
         .u32(4, prog.as_raw_fd() as u32)
         .u32(8, BPF_CGROUP_DEVICE)
         .u32(12, BPF_F_ALLOW_MULTI);
-    bpf(BPF_PROG_ATTACH, &mut attr).map_err(io_err(dir, "attach device filter"))?;
+    bpf(cmd::PROG_ATTACH, &mut attr).map_err(io_err(dir, "attach device filter"))?;
     for o in old {
         let mut attr = Attr::new()
             .u32(0, cgroup.as_raw_fd() as u32)
             .u32(4, o.as_raw_fd() as u32)
             .u32(8, BPF_CGROUP_DEVICE);
-        bpf(BPF_PROG_DETACH, &mut attr).map_err(io_err(dir, "detach old device filter"))?;
+        bpf(cmd::PROG_DETACH, &mut attr).map_err(io_err(dir, "detach old device filter"))?;
     }
     Ok(())
 }

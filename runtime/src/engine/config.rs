@@ -103,4 +103,7 @@ pub struct ContainerConfig {
     pub tty: bool,
     /// Remove the container when it exits (detached containers: done by the monitor).
     pub remove: bool,
+    /// The container's `/etc/resolv.conf`; `None`: the host's (or an empty one without a
+    /// network). Kubernetes' `dnsPolicy` decides it for pods.
+    pub resolv_conf: Option<String>,
 }

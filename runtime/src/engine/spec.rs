@@ -249,7 +249,9 @@ pub fn build(
         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
         "noNewPrivileges": c.no_new_privileges,
     });
-    let resolv = if host_network || matches!(pod_network, Some(PodNetwork::Cni { .. })) {
+    let resolv = if let Some(r) = &c.resolv_conf {
+        r.clone()
+    } else if host_network || matches!(pod_network, Some(PodNetwork::Cni { .. })) {
         std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
     } else {
         String::new()
