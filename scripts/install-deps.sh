@@ -15,6 +15,8 @@ PACKAGES=(
     ca-certificates
     curl
     iproute2          # ip(8), used by the multi-node test tier
+    iptables          # iptables-save: the Service test asserts no rule was added
+    nftables          # nft list ruleset: likewise
     util-linux        # nsenter, unshare
     busybox-static    # a static rootfs for containers, and ping for network tests
     user-mode-linux   # the cgroup v2 test tier (VM backend where it boots)

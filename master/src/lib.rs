@@ -6,6 +6,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod controllers;
+pub mod default_services;
 pub mod resources;
 pub mod selector;
 pub mod serve;

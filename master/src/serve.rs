@@ -116,6 +116,10 @@ pub async fn serve(
     };
     let codec = Codec::new(Some(security.encryption_key));
     ensure_namespaces(store.as_ref(), &codec).await?;
+    let advertise = crate::default_services::advertise_address(addr, &cfg.tls_san);
+    crate::default_services::ensure(store.as_ref(), &codec, advertise)
+        .await
+        .map_err(|e| MasterError::Io(e.to_string()))?;
     let cache = WatchCache::start(store.clone(), codec.clone()).await?;
     let compactor = store.clone();
     tokio::spawn(async move {

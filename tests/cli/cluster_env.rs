@@ -84,7 +84,7 @@ impl Cluster {
             &dir.path().join("rootfs"),
             &[
                 "sh", "httpd", "sleep", "cat", "echo", "wget", "mkdir", "rm", "touch", "ls", "env",
-                "kill", "trap", "unshare",
+                "kill", "trap", "unshare", "nslookup",
             ],
         );
         busybox::with_users(&rootfs);

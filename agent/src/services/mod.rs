@@ -162,7 +162,10 @@ impl std::fmt::Debug for ServiceView {
 /// following the API; returns the view pods use once the first list of Services is in.
 pub async fn start(client: kube::Client, node: String) -> Result<ServiceView, AgentError> {
     let range = Subnet::parse(SERVICE_CIDR).expect("a valid range");
-    podlet_cni::routing::ensure_local_range(range)
+    // The netlink helper runs its own small runtime: off this one's threads.
+    tokio::task::spawn_blocking(move || podlet_cni::routing::ensure_local_range(range))
+        .await
+        .map_err(|e| AgentError::Invalid(format!("service range: {e}")))?
         .map_err(|e| AgentError::Invalid(format!("service range: {e}")))?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| AgentError::Invalid(format!("service proxy listener: {e}")))?;

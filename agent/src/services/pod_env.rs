@@ -33,7 +33,8 @@ pub fn resolv_conf(
         .filter_map(|l| l.trim().strip_prefix("nameserver "))
         .map(|s| s.trim().to_string())
         .collect();
-    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Vec<(String, Option<String>)>) =
+    type Options = Vec<(String, Option<String>)>;
+    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Options) =
         match policy {
             "ClusterFirst" if host_network => return Ok(None),
             "ClusterFirst" | "ClusterFirstWithHostNet" => (

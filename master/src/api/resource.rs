@@ -626,8 +626,11 @@ async fn check_namespace(st: &AppState, ns: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Picks a free cluster IP in 10.43.0.0/16 for a new Service.
-async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiError> {
+/// The cluster IPs Services hold now.
+async fn cluster_ips_in_use(
+    st: &AppState,
+    name: &str,
+) -> Result<std::collections::HashSet<String>, ApiError> {
     let r = resources::find("", "v1", "services").expect("services");
     let page = st
         .store
@@ -642,12 +645,19 @@ async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiErr
             }
         }
     }
+    Ok(used)
+}
+
+/// Picks a free cluster IP in 10.43.0.0/16 for a new Service (never .0.1, the `kubernetes`
+/// Service's, or .0.10, the cluster DNS's, even after they were deleted).
+async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiError> {
+    let used = cluster_ips_in_use(st, name).await?;
     let start: u32 = name
         .bytes()
         .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
         % 65000;
     for i in 0..65000u32 {
-        let n = (start + i) % 65000 + 10;
+        let n = (start + i) % 65000 + 11;
         let ip = format!("10.43.{}.{}", n / 256, n % 256);
         if !used.contains(&ip) {
             return Ok(ip);
@@ -656,6 +666,35 @@ async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiErr
     Err(ApiError::Internal(
         "no cluster IP left in 10.43.0.0/16".into(),
     ))
+}
+
+/// Checks a cluster IP a new Service asks for: in the Service range and free.
+async fn check_requested_cluster_ip(st: &AppState, svc: &Value) -> Result<(), ApiError> {
+    let r = resources::find("", "v1", "services").expect("services");
+    let name = svc["metadata"]["name"].as_str().unwrap_or("");
+    let Some(ip) = svc["spec"]["clusterIP"].as_str().filter(|ip| !ip.is_empty() && *ip != "None")
+    else {
+        return Ok(());
+    };
+    let bad = |why: &str| {
+        ApiError::invalid(
+            r,
+            name,
+            vec![super::status::Cause::invalid("spec.clusterIPs", ip, why)],
+        )
+    };
+    let parsed: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| bad("must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))?;
+    if parsed.octets()[..2] != [10, 43] {
+        return Err(bad(
+            "failed to allocate IP: the provided IP is not in the valid range. The range of valid IPs is 10.43.0.0/16",
+        ));
+    }
+    if cluster_ips_in_use(st, name).await?.contains(ip) {
+        return Err(bad("failed to allocate IP: provided IP is already allocated"));
+    }
+    Ok(())
 }
 
 /// Gives each port of a NodePort/LoadBalancer Service without one a free node port
@@ -790,6 +829,9 @@ pub async fn create(
         m.remove("deletionGracePeriodSeconds");
     }
     objects::default(r, &mut obj);
+    if r.kind == "Service" {
+        check_requested_cluster_ip(st, &obj).await?;
+    }
     if r.kind == "Service"
         && obj["spec"]["clusterIP"].as_str().is_none_or(str::is_empty)
         && obj["spec"]["type"] != "ExternalName"
