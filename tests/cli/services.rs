@@ -33,6 +33,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: db, namespace: demo}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: echo, namespace: demo}
 spec:
   selector: {echo: "yes"}
@@ -47,6 +55,8 @@ kind: Pod
 metadata: {{name: web-{i}, namespace: demo, labels: {{app: web, echo: "{echo}"}}}}
 spec:
   nodeName: node{i}
+  hostname: web-{i}
+  subdomain: db
   terminationGracePeriodSeconds: 1
   containers:
   - name: web
@@ -240,6 +250,16 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
         assert!(text(&env).contains(&format!("WEB_SERVICE_HOST={cluster_ip}")), "{}", text(&env));
         assert!(text(&env).contains("KUBERNETES_SERVICE_HOST=10.43.0.1"), "{}", text(&env));
     }
+    // A headless Service: its name resolves to every ready pod, each pod by its hostname.
+    let web_ips: Vec<String> = (0..3)
+        .map(|i| pod(&c, &format!("web-{i}"))["status"]["podIP"].as_str().unwrap().to_string())
+        .collect();
+    let headless = exec(&c, &clients[0], "c", &["nslookup", "db.demo.svc.cluster.local"]);
+    for ip in &web_ips {
+        assert!(text(&headless).contains(ip.as_str()), "{ip}: {}", text(&headless));
+    }
+    let one = exec(&c, &clients[1], "c", &["nslookup", "web-2.db.demo.svc.cluster.local"]);
+    assert!(text(&one).contains(web_ips[2].as_str()), "{}", text(&one));
     // The `kubernetes` Service reaches the master's API port from a pod.
     in_pod_netns(&c, &clients[2], "c", || {
         TcpStream::connect_timeout(&"10.43.0.1:443".parse().unwrap(), Duration::from_secs(3))

@@ -52,9 +52,20 @@ async fn sync(ctx: &Ctx, svc: &Value, pods: &[std::sync::Arc<Value>]) {
         .collect();
     selected.sort_by_key(|p| p["status"]["podIP"].as_str().unwrap_or("").to_string());
     let ports: Vec<Value> = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    // A pod whose `subdomain` names this Service is published under its `hostname`
+    // (`<hostname>.<service>.<ns>.svc.<domain>`), as Kubernetes' controller does.
+    let hostname = |p: &Value| {
+        (p["spec"]["subdomain"] == name.as_str())
+            .then(|| p["spec"]["hostname"].as_str().map(str::to_string))
+            .flatten()
+    };
     let addr = |p: &Value| {
-        json!({"ip": p["status"]["podIP"], "nodeName": p["spec"]["nodeName"],
-        "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}})
+        let mut a = json!({"ip": p["status"]["podIP"], "nodeName": p["spec"]["nodeName"],
+        "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}});
+        if let Some(h) = hostname(p) {
+            a["hostname"] = json!(h);
+        }
+        a
     };
     let ready: Vec<Value> = selected
         .iter()
@@ -90,8 +101,14 @@ async fn sync(ctx: &Ctx, svc: &Value, pods: &[std::sync::Arc<Value>]) {
     upsert(ctx, "Endpoints", &ns, &name, ep, "subsets").await;
     let endpoints: Vec<Value> = selected
         .iter()
-        .map(|p| json!({"addresses": [p["status"]["podIP"]], "conditions": {"ready": pod_ready(p), "serving": pod_ready(p), "terminating": false},
-                        "nodeName": p["spec"]["nodeName"], "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}}))
+        .map(|p| {
+            let mut e = json!({"addresses": [p["status"]["podIP"]], "conditions": {"ready": pod_ready(p), "serving": pod_ready(p), "terminating": false},
+                        "nodeName": p["spec"]["nodeName"], "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}});
+            if let Some(h) = hostname(p) {
+                e["hostname"] = json!(h);
+            }
+            e
+        })
         .collect();
     let slice_name = format!("{name}-podlet");
     let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
