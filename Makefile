@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api bench-scheduler bench-pods bench-smoke conformance
+.PHONY: all deps build release install test test-unit check-config fmt clippy clean bench-runtime bench-run bench-cni bench-api bench-scheduler bench-pods bench-smoke bench-lb bench-dns conformance
 
 all: build
 
@@ -73,6 +73,14 @@ bench-scheduler:
 # `make test`. PODLET_SMOKE_RECORD=1 re-records the bounds.
 bench-smoke: build
 	$(CARGO) bench --bench smoke --profile dev
+
+# Service traffic: wrk through a ClusterIP vs straight to the pod vs an nftables DNAT rule (docs/benchmarks.md).
+bench-lb: release
+	$(CARGO) bench --bench lb
+
+# The agent's cluster DNS: dnsperf and a latency loop from a pod, beside CoreDNS's published figures.
+bench-dns: release
+	$(CARGO) bench --bench dns
 
 bench-pods: release
 	$(CARGO) build --release -p podlet-testkit --bins

@@ -30,6 +30,8 @@ PACKAGES=(
     apache2-utils     # htpasswd, for the registry basic-auth test
     containernetworking-plugins  # the reference bridge + host-local for podlet-cni's tests
     hyperfine         # make bench-*
+    wrk               # make bench-lb
+    dnsperf           # make bench-dns
     protobuf-compiler # etcd-client's build compiles etcd's protos
     libprotobuf-dev   # the well-known .proto types they import
     etcd-server       # the master's etcd store is tested against a real etcd on loopback

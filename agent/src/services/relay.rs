@@ -1,6 +1,9 @@
-//! Moving bytes between a client and its backend: `splice(2)` through a pipe per direction,
-//! so payload never enters user space; half-closes are passed on (a FIN one way shuts down
-//! writing the other way) and the relay ends when both directions are done or one fails.
+//! Moving bytes between a client and its backend. Each direction starts by copying through a
+//! small buffer (one `read` and one `write` per message: cheapest for request/response
+//! traffic) and switches to `splice(2)` through a pipe, so payload never enters user space,
+//! once a read fills the buffer (a bulk transfer). Half-closes are passed on (a FIN one way
+//! shuts down writing the other way) and the relay ends when both directions are done or one
+//! fails.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -9,6 +12,8 @@ use tokio::net::TcpStream;
 
 /// How much one `splice` moves at most (the default pipe capacity).
 const CHUNK: usize = 64 * 1024;
+/// The copy buffer; a read that fills it switches the direction to `splice`.
+const COPY_BUF: usize = 16 * 1024;
 
 /// A pipe for one direction.
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -28,8 +33,44 @@ fn splice(from: &impl AsFd, to: &impl AsFd, len: usize) -> std::io::Result<usize
     .map_err(std::io::Error::from)
 }
 
+/// Writes all of `buf` to `to`.
+async fn write_all(to: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        to.writable().await?;
+        match to.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Copies `from` to `to` until end of stream, then shuts down writing on `to`.
 async fn one_way(from: &TcpStream, to: &TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        from.readable().await?;
+        let n = match from.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            shutdown_write(to);
+            return Ok(());
+        }
+        write_all(to, &buf[..n]).await?;
+        if n == buf.len() {
+            break;
+        }
+    }
+    drop(buf);
+    spliced(from, to).await
+}
+
+/// The bulk phase of [`one_way`]: `splice` through a pipe until end of stream.
+async fn spliced(from: &TcpStream, to: &TcpStream) -> std::io::Result<()> {
     let (rd, wr) = pipe()?;
     loop {
         // Fill the pipe from the source socket.
