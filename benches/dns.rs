@@ -9,7 +9,7 @@
 mod cluster_env;
 #[path = "../tests/cli/master_env.rs"]
 mod master_env;
-#[path = "svc_env.rs"]
+#[path = "support/svc_env.rs"]
 mod svc_env;
 
 use std::net::UdpSocket;
@@ -65,7 +65,10 @@ fn latency_loop(clients: usize, dur: Duration) -> Vec<Duration> {
             })
         })
         .collect();
-    let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     all.sort();
     all
 }
@@ -80,12 +83,27 @@ fn main() {
     let out = svc_env::netns_command(
         env.client_pid,
         "dnsperf",
-        &["-s", "10.43.0.10", "-d", qfile.to_str().unwrap(), "-l", "5", "-c", "8", "-q", "64"],
+        &[
+            "-s",
+            "10.43.0.10",
+            "-d",
+            qfile.to_str().unwrap(),
+            "-l",
+            "5",
+            "-c",
+            "8",
+            "-q",
+            "64",
+        ],
     )
     .output()
     .expect("dnsperf installed (scripts/install-deps.sh)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "dnsperf: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dnsperf: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let field = |key: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(key))
@@ -121,4 +139,3 @@ fn main() {
             .unwrap_or_default()
     );
 }
-

@@ -10,7 +10,7 @@
 mod cluster_env;
 #[path = "../tests/cli/master_env.rs"]
 mod master_env;
-#[path = "svc_env.rs"]
+#[path = "support/svc_env.rs"]
 mod svc_env;
 
 use std::time::Duration;
@@ -83,7 +83,11 @@ fn wrk(client_pid: i64, url: &str, close: bool) -> Run {
     let out = svc_env::netns_command(client_pid, "wrk", &args)
         .output()
         .expect("wrk installed (scripts/install-deps.sh)");
-    assert!(out.status.success(), "wrk: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "wrk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -106,18 +110,32 @@ fn main() {
             ch.wait_with_output()
         })
         .expect("nft installed (scripts/install-deps.sh)");
-    assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let agent_pid = env.cluster.agents[0].as_ref().expect("agent").id();
     let targets = [
-        ("pod IP (direct)", format!("http://{}:8080/", env.backend_ip)),
-        ("ClusterIP (podlet proxy)", format!("http://{}:8080/", env.cluster_ip)),
+        (
+            "pod IP (direct)",
+            format!("http://{}:8080/", env.backend_ip),
+        ),
+        (
+            "ClusterIP (podlet proxy)",
+            format!("http://{}:8080/", env.cluster_ip),
+        ),
         ("nftables DNAT (kernel)", format!("http://{NFT_VIP}:8080/")),
     ];
     println!("| mode | path | requests/s | p99 | vs direct | socket errors |");
     println!("| --- | --- | ---: | ---: | ---: | ---: |");
     let mut cpu_per_10k = Vec::new();
     for close in [false, true] {
-        let mode = if close { "Connection: close" } else { "keep-alive" };
+        let mode = if close {
+            "Connection: close"
+        } else {
+            "keep-alive"
+        };
         let mut direct: Option<Run> = None;
         for (name, url) in &targets {
             // A short warm-up, then the measured run.
@@ -141,8 +159,10 @@ fn main() {
         std::thread::sleep(Duration::from_secs(1));
     }
     for (mode, cpu) in cpu_per_10k {
-        println!("agent CPU per 10,000 requests through the ClusterIP ({mode}): {:.3} s", cpu);
+        println!(
+            "agent CPU per 10,000 requests through the ClusterIP ({mode}): {:.3} s",
+            cpu
+        );
     }
     println!("targets: ClusterIP ≥ 0.8× direct with keep-alive, ≥ 0.6× with Connection: close");
 }
-

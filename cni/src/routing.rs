@@ -265,7 +265,12 @@ pub fn ensure_local_range(range: Subnet) -> Result<(), CniError> {
                 .destination_prefix(range.network, range.prefix)
                 .execute()
                 .await
-                .map_err(|e| fail(&format!("local route for {}/{}", range.network, range.prefix), e))
+                .map_err(|e| {
+                    fail(
+                        &format!("local route for {}/{}", range.network, range.prefix),
+                        e,
+                    )
+                })
         })
     })
 }

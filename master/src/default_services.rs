@@ -85,7 +85,13 @@ pub async fn ensure(
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP",
                             "targetPort": advertise.map_or(6443, |a| a.port())}]},
         "status": {"loadBalancer": {}}});
-    create(store, codec, &svc.key(Some("default"), "kubernetes"), &kubernetes).await?;
+    create(
+        store,
+        codec,
+        &svc.key(Some("default"), "kubernetes"),
+        &kubernetes,
+    )
+    .await?;
     let dns = json!({"apiVersion": "v1", "kind": "Service",
         "metadata": meta("kube-dns", "kube-system", json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"})),
         "spec": {"type": "ClusterIP", "clusterIP": DNS_IP, "clusterIPs": [DNS_IP],
@@ -94,7 +100,13 @@ pub async fn ensure(
                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
         "status": {"loadBalancer": {}}});
-    create(store, codec, &svc.key(Some("kube-system"), "kube-dns"), &dns).await?;
+    create(
+        store,
+        codec,
+        &svc.key(Some("kube-system"), "kube-dns"),
+        &dns,
+    )
+    .await?;
     let Some(SocketAddr::V4(addr)) = advertise else {
         return Ok(());
     };
@@ -124,11 +136,19 @@ async fn add_master_endpoint(
                         .decode(kv)
                         .map_err(|e| DefaultServicesError::Codec(e.to_string()))?;
                     let list: Vec<String> = if is_endpoints {
-                        v["subsets"][0]["addresses"].as_array().into_iter().flatten()
-                            .filter_map(|a| a["ip"].as_str().map(str::to_string)).collect()
+                        v["subsets"][0]["addresses"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|a| a["ip"].as_str().map(str::to_string))
+                            .collect()
                     } else {
-                        v["endpoints"].as_array().into_iter().flatten()
-                            .filter_map(|e| e["addresses"][0].as_str().map(str::to_string)).collect()
+                        v["endpoints"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|e| e["addresses"][0].as_str().map(str::to_string))
+                            .collect()
                     };
                     (list, Some(kv.mod_revision))
                 }
@@ -181,7 +201,14 @@ mod tests {
         assert_eq!(advertise_address(listen, &[]), Some(listen));
         let any: SocketAddr = "0.0.0.0:7443".parse().unwrap();
         assert_eq!(
-            advertise_address(any, &["master.example".into(), "127.0.0.1".into(), "10.9.9.9".into()]),
+            advertise_address(
+                any,
+                &[
+                    "master.example".into(),
+                    "127.0.0.1".into(),
+                    "10.9.9.9".into()
+                ]
+            ),
             Some("10.9.9.9:7443".parse().unwrap())
         );
         if let Some(a) = advertise_address(any, &[]) {

@@ -116,7 +116,12 @@ impl Attr {
     }
     /// Reads the `u32` at byte `off`.
     pub fn get_u32(&self, off: usize) -> u32 {
-        u32::from_ne_bytes([self.0[off], self.0[off + 1], self.0[off + 2], self.0[off + 3]])
+        u32::from_ne_bytes([
+            self.0[off],
+            self.0[off + 1],
+            self.0[off + 2],
+            self.0[off + 3],
+        ])
     }
 }
 

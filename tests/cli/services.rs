@@ -43,8 +43,9 @@ apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: demo}
 spec:
+  type: NodePort
   selector: {echo: "yes"}
-  ports: [{name: udp, port: 9000, targetPort: 9000, protocol: UDP}]
+  ports: [{name: udp, port: 9000, targetPort: 9000, protocol: UDP, nodePort: 30090}]
 "#;
 
 fn web_pod(i: usize) -> String {
@@ -139,7 +140,9 @@ fn get(addr: SocketAddr, from: Option<u16>) -> std::io::Result<String> {
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReuseAddr, &true)?;
             let local = nix::sys::socket::SockaddrIn::new(0, 0, 0, 0, port);
             nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &local)?;
-            let SocketAddr::V4(v4) = addr else { unreachable!() };
+            let SocketAddr::V4(v4) = addr else {
+                unreachable!()
+            };
             nix::sys::socket::connect(
                 std::os::fd::AsRawFd::as_raw_fd(&sock),
                 &nix::sys::socket::SockaddrIn::from(v4),
@@ -151,13 +154,22 @@ fn get(addr: SocketAddr, from: Option<u16>) -> std::io::Result<String> {
     s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+    let body = out
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
     Ok(body)
 }
 
 fn rules(c: &Cluster, i: usize) -> (String, String) {
     let run = |prog: &str, args: &[&str]| {
-        let out = c.topo.nodes[i].netns().command(prog, args).output().unwrap();
+        let out = c.topo.nodes[i]
+            .netns()
+            .command(prog, args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{prog}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -193,19 +205,31 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
     for i in 0..3 {
         c.apply(&web_pod(i));
     }
-    wait_for("every web and client pod Ready", Duration::from_secs(90), || {
-        let all = c.kubectl_json(&["get", "pods", "-n", "demo", "-o", "json"])?;
-        let items = all["items"].as_array()?;
-        (items.len() == 6 && items.iter().all(ready)).then_some(())
-    });
+    wait_for(
+        "every web and client pod Ready",
+        Duration::from_secs(90),
+        || {
+            let all = c.kubectl_json(&["get", "pods", "-n", "demo", "-o", "json"])?;
+            let items = all["items"].as_array()?;
+            (items.len() == 6 && items.iter().all(ready)).then_some(())
+        },
+    );
     let svc = c
         .kubectl_json(&["get", "svc", "-n", "demo", "web", "-o", "json"])
         .unwrap();
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
     let vip: SocketAddr = format!("{cluster_ip}:80").parse().unwrap();
     wait_for("3 ready endpoints", Duration::from_secs(30), || {
-        let s = c.kubectl_json(&["get", "endpointslices", "-n", "demo", "-l",
-            "kubernetes.io/service-name=web", "-o", "json"])?;
+        let s = c.kubectl_json(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "demo",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "json",
+        ])?;
         let eps = s["items"][0]["endpoints"].as_array()?.clone();
         (eps.len() == 3 && eps.iter().all(|e| e["conditions"]["ready"] == true)).then_some(())
     });
@@ -221,14 +245,18 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
             "http://web.demo.svc.cluster.local/index.html".to_string(),
         ] {
             // (Debian's static busybox wget crashes with -T: no timeout flag.)
-            let got = wait_for(&format!("{url} from {}", client["metadata"]["name"]), Duration::from_secs(20), || {
-                let out = exec(&c, client, "c", &["wget", "-q", "-O", "-", &url]);
-                let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                if !out.status.success() {
-                    eprintln!("wget {url}: {}", text(&out));
-                }
-                out.status.success().then_some(body)
-            });
+            let got = wait_for(
+                &format!("{url} from {}", client["metadata"]["name"]),
+                Duration::from_secs(20),
+                || {
+                    let out = exec(&c, client, "c", &["wget", "-q", "-O", "-", &url]);
+                    let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    if !out.status.success() {
+                        eprintln!("wget {url}: {}", text(&out));
+                    }
+                    out.status.success().then_some(body)
+                },
+            );
             assert!(got.starts_with("web-"), "{url}: {got:?}");
         }
         let ns = exec(&c, client, "c", &["nslookup", "web.demo.svc.cluster.local"]);
@@ -241,24 +269,52 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
         let resolv = exec(&c, client, "c", &["cat", "/etc/resolv.conf"]);
         assert!(
             text(&resolv).contains("nameserver 10.43.0.10")
-                && text(&resolv).contains("search demo.svc.cluster.local svc.cluster.local cluster.local")
+                && text(&resolv)
+                    .contains("search demo.svc.cluster.local svc.cluster.local cluster.local")
                 && text(&resolv).contains("ndots:5"),
             "{}",
             text(&resolv)
         );
         let env = exec(&c, client, "c", &["env"]);
-        assert!(text(&env).contains(&format!("WEB_SERVICE_HOST={cluster_ip}")), "{}", text(&env));
-        assert!(text(&env).contains("KUBERNETES_SERVICE_HOST=10.43.0.1"), "{}", text(&env));
+        assert!(
+            text(&env).contains(&format!("WEB_SERVICE_HOST={cluster_ip}")),
+            "{}",
+            text(&env)
+        );
+        assert!(
+            text(&env).contains("KUBERNETES_SERVICE_HOST=10.43.0.1"),
+            "{}",
+            text(&env)
+        );
     }
     // A headless Service: its name resolves to every ready pod, each pod by its hostname.
     let web_ips: Vec<String> = (0..3)
-        .map(|i| pod(&c, &format!("web-{i}"))["status"]["podIP"].as_str().unwrap().to_string())
+        .map(|i| {
+            pod(&c, &format!("web-{i}"))["status"]["podIP"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    let headless = exec(&c, &clients[0], "c", &["nslookup", "db.demo.svc.cluster.local"]);
+    let headless = exec(
+        &c,
+        &clients[0],
+        "c",
+        &["nslookup", "db.demo.svc.cluster.local"],
+    );
     for ip in &web_ips {
-        assert!(text(&headless).contains(ip.as_str()), "{ip}: {}", text(&headless));
+        assert!(
+            text(&headless).contains(ip.as_str()),
+            "{ip}: {}",
+            text(&headless)
+        );
     }
-    let one = exec(&c, &clients[1], "c", &["nslookup", "web-2.db.demo.svc.cluster.local"]);
+    let one = exec(
+        &c,
+        &clients[1],
+        "c",
+        &["nslookup", "web-2.db.demo.svc.cluster.local"],
+    );
     assert!(text(&one).contains(web_ips[2].as_str()), "{}", text(&one));
     // The `kubernetes` Service reaches the master's API port from a pod.
     in_pod_netns(&c, &clients[2], "c", || {
@@ -270,7 +326,9 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
     for from in 0..3 {
         for to in 0..3 {
             let url = format!("http://{}:30080/index.html", c.topo.nodes[to].ip);
-            let body = c.fetch(from, &url).unwrap_or_else(|| panic!("{url} from node{from}\n{}", c.logs()));
+            let body = c
+                .fetch(from, &url)
+                .unwrap_or_else(|| panic!("{url} from node{from}\n{}", c.logs()));
             assert!(body.trim().starts_with("web-"), "{url}: {body}");
         }
     }
@@ -279,7 +337,10 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
     let counts = spread(&c, &clients[0], vip, 3000);
     assert_eq!(counts.len(), 3, "{counts:?}");
     for (who, n) in &counts {
-        assert!((900..=1100).contains(n), "{who} got {n} of 3000: {counts:?}");
+        assert!(
+            (900..=1100).contains(n),
+            "{who} got {n} of 3000: {counts:?}"
+        );
     }
 
     eprintln!("spread: {counts:?}");
@@ -300,8 +361,10 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
             let s = UdpSocket::bind("0.0.0.0:9000").unwrap();
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let mut buf = [0u8; 512];
-            for _ in 0..3 {
-                let Ok((n, peer)) = s.recv_from(&mut buf) else { return };
+            for _ in 0..20 {
+                let Ok((n, peer)) = s.recv_from(&mut buf) else {
+                    return;
+                };
                 let mut reply = b"echo:".to_vec();
                 reply.extend_from_slice(&buf[..n]);
                 s.send_to(&reply, peer).unwrap();
@@ -323,6 +386,34 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
     });
     assert_eq!(reply, "echo:ping");
     assert_eq!(from, echo, "the reply leaves from the ClusterIP");
+    // The UDP NodePort, from another node and from the node itself with a client bound to
+    // 127.0.0.1 and connected to the node's address: the reply must come from that address
+    // (a connected socket drops anything else).
+    let node0: SocketAddr = format!("{}:30090", c.topo.nodes[0].ip).parse().unwrap();
+    for (from_node, bind) in [(2, "0.0.0.0:0"), (0, "127.0.0.1:0")] {
+        let ns = std::fs::File::open(c.topo.nodes[from_node].netns().netns_path()).unwrap();
+        let reply = std::thread::spawn(move || {
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let s = UdpSocket::bind(bind).unwrap();
+            s.connect(node0).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let mut buf = [0u8; 512];
+            for _ in 0..10 {
+                s.send(b"np").unwrap();
+                if let Ok(n) = s.recv(&mut buf) {
+                    return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            None
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            reply.as_deref(),
+            Some("echo:np"),
+            "UDP NodePort {node0} from node{from_node} bound to {bind}"
+        );
+    }
     drop(server);
 
     // Maglev: removing one of 3 backends moves few flows that were not on it. Fixed source
@@ -355,8 +446,16 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
     let out = exec(&c, &web2, "web", &["rm", "/www/ready"]);
     assert!(out.status.success(), "{}", text(&out));
     wait_for("web-2's endpoint unready", Duration::from_secs(20), || {
-        let s = c.kubectl_json(&["get", "endpointslices", "-n", "demo", "-l",
-            "kubernetes.io/service-name=web", "-o", "json"])?;
+        let s = c.kubectl_json(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "demo",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "json",
+        ])?;
         let eps = s["items"][0]["endpoints"].as_array()?.clone();
         eps.iter()
             .any(|e| e["targetRef"]["name"] == "web-2" && e["conditions"]["ready"] == false)
@@ -383,19 +482,39 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
 
     // Scaled down: web-1 deleted; its endpoint goes, and so do its new connections.
     c.kubectl_ok(&["delete", "pod", "-n", "demo", "web-1", "--wait=false"]);
-    wait_for("web-1 gone from the endpoints", Duration::from_secs(30), || {
-        let s = c.kubectl_json(&["get", "endpointslices", "-n", "demo", "-l",
-            "kubernetes.io/service-name=web", "-o", "json"])?;
-        let eps = s["items"][0]["endpoints"].as_array()?.clone();
-        (!eps.iter().any(|e| e["targetRef"]["name"] == "web-1")).then_some(())
-    });
+    wait_for(
+        "web-1 gone from the endpoints",
+        Duration::from_secs(30),
+        || {
+            let s = c.kubectl_json(&[
+                "get",
+                "endpointslices",
+                "-n",
+                "demo",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "json",
+            ])?;
+            let eps = s["items"][0]["endpoints"].as_array()?.clone();
+            (!eps.iter().any(|e| e["targetRef"]["name"] == "web-1")).then_some(())
+        },
+    );
     std::thread::sleep(Duration::from_secs(1));
     let after_delete = spread(&c, &clients[0], vip, 100);
-    assert_eq!(after_delete.keys().collect::<Vec<_>>(), vec!["web-0"], "{after_delete:?}");
+    assert_eq!(
+        after_delete.keys().collect::<Vec<_>>(),
+        vec!["web-0"],
+        "{after_delete:?}"
+    );
 
     // No NAT rule anywhere: every node's rules and the host's are as they were.
     for (i, b) in before.iter().enumerate() {
-        assert_eq!(&rules(&c, i), b, "node{i}'s iptables/nftables rules changed");
+        assert_eq!(
+            &rules(&c, i),
+            b,
+            "node{i}'s iptables/nftables rules changed"
+        );
     }
     assert_eq!(host_rules(), host_before, "the host's rules changed");
 }

@@ -566,7 +566,8 @@ mod tests {
         let p = pod();
         let c = &p.spec.as_ref().unwrap().containers[0];
         let vols = [("data".to_string(), PathBuf::from("/v/data"))].into();
-        let cfg = container_config(&p, c, "id", "sb", &refs(), &[], &vols, "10.42.0.7", "h").unwrap();
+        let cfg =
+            container_config(&p, c, "id", "sb", &refs(), &[], &vols, "10.42.0.7", "h").unwrap();
         assert_eq!(
             cfg.entrypoint,
             Some(vec!["sh".to_string(), "-c".to_string()])

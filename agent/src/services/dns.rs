@@ -87,7 +87,11 @@ impl Zone {
                         if !ready && spec.publish_not_ready_addresses != Some(true) {
                             continue;
                         }
-                        for ip in e.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
+                        for ip in e
+                            .addresses
+                            .iter()
+                            .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                        {
                             add(base.clone(), RData::A(A(ip)));
                             let host = e
                                 .hostname
@@ -108,7 +112,9 @@ impl Zone {
                 };
                 let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
                 let srv_name = format!("_{port_name}._{proto}.{base}");
-                let Ok(port) = u16::try_from(p.port) else { continue };
+                let Ok(port) = u16::try_from(p.port) else {
+                    continue;
+                };
                 if headless {
                     for (t, _) in &targets {
                         if let Some(t) = name(t) {
@@ -317,7 +323,9 @@ async fn tcp_conn(mut conn: TcpStream, zone: Arc<ArcSwap<Zone>>, up: Arc<Upstrea
         let Some(r) = respond(&q, &zone, &up).await else {
             return;
         };
-        let Ok(n) = u16::try_from(r.len()) else { return };
+        let Ok(n) = u16::try_from(r.len()) else {
+            return;
+        };
         if conn.write_u16(n).await.is_err() || conn.write_all(&r).await.is_err() {
             return;
         }
@@ -359,7 +367,11 @@ mod tests {
     fn ask(z: &Zone, n: &str, t: RecordType) -> Message {
         let mut m = Message::query();
         m.add_query(Query::query(Name::from_ascii(n).unwrap(), t));
-        let wire = z.answer(&m).expect("in the cluster domain").to_vec().unwrap();
+        let wire = z
+            .answer(&m)
+            .expect("in the cluster domain")
+            .to_vec()
+            .unwrap();
         Message::from_vec(&wire).unwrap()
     }
 
@@ -381,8 +393,14 @@ mod tests {
     #[test]
     fn services_headless_pods_srv_and_external_names_answer_like_kubernetes_dns() {
         let z = zone();
-        assert_eq!(addrs(&ask(&z, "web.demo.svc.cluster.local.", RecordType::A)), ["10.43.1.2"]);
-        assert_eq!(addrs(&ask(&z, "WEB.demo.svc.cluster.local.", RecordType::A)), ["10.43.1.2"]);
+        assert_eq!(
+            addrs(&ask(&z, "web.demo.svc.cluster.local.", RecordType::A)),
+            ["10.43.1.2"]
+        );
+        assert_eq!(
+            addrs(&ask(&z, "WEB.demo.svc.cluster.local.", RecordType::A)),
+            ["10.43.1.2"]
+        );
         assert_eq!(
             addrs(&ask(&z, "db.demo.svc.cluster.local.", RecordType::A)),
             ["10.42.1.7", "10.42.2.8"]
@@ -391,7 +409,11 @@ mod tests {
             addrs(&ask(&z, "db-0.db.demo.svc.cluster.local.", RecordType::A)),
             ["10.42.1.7"]
         );
-        let srv = ask(&z, "_http._tcp.web.demo.svc.cluster.local.", RecordType::SRV);
+        let srv = ask(
+            &z,
+            "_http._tcp.web.demo.svc.cluster.local.",
+            RecordType::SRV,
+        );
         assert_eq!(addrs(&srv), ["web.demo.svc.cluster.local.:80"]);
         assert_eq!(srv.additionals.len(), 1);
         assert_eq!(
@@ -410,17 +432,27 @@ mod tests {
         assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
         // Outside the cluster domain: not ours (forwarded).
         let mut m = Message::query();
-        m.add_query(Query::query(Name::from_ascii("example.org.").unwrap(), RecordType::A));
+        m.add_query(Query::query(
+            Name::from_ascii("example.org.").unwrap(),
+            RecordType::A,
+        ));
         assert!(z.answer(&m).is_none());
     }
 
     #[tokio::test]
     async fn garbage_gets_no_answer_and_unreachable_upstreams_a_servfail() {
         let z = ArcSwap::from_pointee(zone());
-        assert!(respond(b"\x00\x01garbage", &z, &Upstreams::default()).await.is_none());
+        assert!(respond(b"\x00\x01garbage", &z, &Upstreams::default())
+            .await
+            .is_none());
         let mut m = Message::query();
-        m.add_query(Query::query(Name::from_ascii("example.org.").unwrap(), RecordType::A));
-        let r = respond(&m.to_vec().unwrap(), &z, &Upstreams::default()).await.unwrap();
+        m.add_query(Query::query(
+            Name::from_ascii("example.org.").unwrap(),
+            RecordType::A,
+        ));
+        let r = respond(&m.to_vec().unwrap(), &z, &Upstreams::default())
+            .await
+            .unwrap();
         let r = Message::from_vec(&r).unwrap();
         assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(r.metadata.id, m.metadata.id);

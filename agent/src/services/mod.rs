@@ -82,7 +82,10 @@ impl Counters {
     }
     /// A copy of every Service port's counters.
     pub fn snapshot(&self) -> HashMap<String, ServiceCounters> {
-        self.by_service.lock().map(|m| m.clone()).unwrap_or_default()
+        self.by_service
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -112,10 +115,7 @@ impl ProxyState {
         let mut aff = self.affinity.lock().ok()?;
         let key = (fe.key, *client.ip());
         if let Some((b, at)) = aff.get(&key) {
-            if now.duration_since(*at) < timeout
-                && fe.backends.contains(b)
-                && !avoid.contains(b)
-            {
+            if now.duration_since(*at) < timeout && fe.backends.contains(b) && !avoid.contains(b) {
                 let b = *b;
                 aff.insert(key, (b, now));
                 return Some(b);
@@ -172,8 +172,8 @@ pub async fn start(client: kube::Client, node: String) -> Result<ServiceView, Ag
     listener
         .set_nonblocking(true)
         .map_err(|e| AgentError::Invalid(format!("service proxy listener: {e}")))?;
-    let steering = steer::Steering::attach(&listener)
-        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let steering =
+        steer::Steering::attach(&listener).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| AgentError::Invalid(format!("service proxy listener: {e}")))?;
     let state = Arc::new(ProxyState::default());
@@ -196,11 +196,17 @@ pub async fn start(client: kube::Client, node: String) -> Result<ServiceView, Ag
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     tokio::spawn(follow(
-        reflector::reflector(svc_writer, watcher(Api::all(client.clone()), watcher::Config::default())),
+        reflector::reflector(
+            svc_writer,
+            watcher(Api::all(client.clone()), watcher::Config::default()),
+        ),
         changed.clone(),
     ));
     tokio::spawn(follow(
-        reflector::reflector(slice_writer, watcher(Api::all(client), watcher::Config::default())),
+        reflector::reflector(
+            slice_writer,
+            watcher(Api::all(client), watcher::Config::default()),
+        ),
         changed.clone(),
     ));
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
@@ -280,5 +286,73 @@ async fn apply_loop(
         tracing::debug!(frontends = keys.len(), "service proxy: table swapped");
         let _ = tokio::time::timeout(Duration::from_secs(30), changed.notified()).await;
         tokio::time::sleep(DEBOUNCE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn table(affinity: bool, backends: &[&str]) -> ProxyTable {
+        let mut spec = json!({"clusterIP": "10.43.1.2", "ports": [{"name": "http", "port": 80}]});
+        if affinity {
+            spec["sessionAffinity"] = json!("ClientIP");
+            spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 60}});
+        }
+        let svc: Service = serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "demo"}, "spec": spec}),
+        )
+        .unwrap();
+        let eps: Vec<serde_json::Value> = backends
+            .iter()
+            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .collect();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "demo", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": eps}))
+        .unwrap();
+        let ctx = BuildContext {
+            node: "n1".into(),
+            dns_ip: DNS_IP,
+        };
+        model::build(
+            &[Arc::new(svc)],
+            &[Arc::new(slice)],
+            &ctx,
+            &ProxyTable::default(),
+        )
+    }
+
+    #[test]
+    fn client_ip_affinity_keeps_a_client_on_its_backend_while_it_is_ready() {
+        let state = ProxyState::default();
+        let vip: SocketAddrV4 = "10.43.1.2:80".parse().unwrap();
+        let t = table(true, &["10.42.0.5", "10.42.0.6", "10.42.0.7"]);
+        let fe = t.lookup(vip, Protocol::Tcp).unwrap().clone();
+        let client = |port| SocketAddrV4::new(Ipv4Addr::new(10, 42, 1, 9), port);
+        let first = state.pick(&fe, client(40_000), &[]).unwrap();
+        for port in 40_001..40_100 {
+            assert_eq!(state.pick(&fe, client(port), &[]), Some(first));
+        }
+        // Its backend gone: the client moves, and stays on the new one.
+        let rest: Vec<String> = ["10.42.0.5", "10.42.0.6", "10.42.0.7"]
+            .iter()
+            .filter(|ip| **ip != first.ip().to_string())
+            .map(|s| s.to_string())
+            .collect();
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let t2 = table(true, &rest);
+        let fe2 = t2.lookup(vip, Protocol::Tcp).unwrap().clone();
+        let moved = state.pick(&fe2, client(41_000), &[]).unwrap();
+        assert_ne!(moved, first);
+        assert_eq!(state.pick(&fe2, client(41_001), &[]), Some(moved));
+        // Without affinity, one client's connections spread.
+        let plain = table(false, &["10.42.0.5", "10.42.0.6", "10.42.0.7"]);
+        let fe3 = plain.lookup(vip, Protocol::Tcp).unwrap().clone();
+        let seen: HashSet<SocketAddrV4> = (40_000..40_100)
+            .filter_map(|p| state.pick(&fe3, client(p), &[]))
+            .collect();
+        assert_eq!(seen.len(), 3);
     }
 }

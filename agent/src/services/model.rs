@@ -238,7 +238,9 @@ pub fn build(
                 .collect();
             let all: Vec<SocketAddrV4> = eps.iter().map(|e| e.addr).collect();
             let mut add = |ip: Ipv4Addr, port: i32, backends: &Vec<SocketAddrV4>| {
-                let Ok(port) = u16::try_from(port) else { return };
+                let Ok(port) = u16::try_from(port) else {
+                    return;
+                };
                 let table = tables
                     .entry(backends.clone())
                     .or_insert_with(|| {
@@ -306,15 +308,15 @@ mod tests {
                      "ports": [{"name": "http", "port": 80, "nodePort": 30080, "targetPort": 8080},
                                {"name": "dns", "port": 53, "protocol": "UDP"}]}}));
         let e = slice(json!({"metadata": {"name": "web-x", "namespace": "demo",
-                                          "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
-            "endpoints": [
-                {"addresses": ["10.42.1.5"], "nodeName": "n1", "conditions": {"ready": true}},
-                {"addresses": ["10.42.2.5"], "nodeName": "n2", "conditions": {"ready": true}},
-                {"addresses": ["10.42.2.6"], "nodeName": "n2", "conditions": {"ready": false}},
-                {"addresses": ["10.42.2.7"], "nodeName": "n2", "conditions": {"ready": true, "terminating": true}}
-            ]}));
+                                      "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+        "endpoints": [
+            {"addresses": ["10.42.1.5"], "nodeName": "n1", "conditions": {"ready": true}},
+            {"addresses": ["10.42.2.5"], "nodeName": "n2", "conditions": {"ready": true}},
+            {"addresses": ["10.42.2.6"], "nodeName": "n2", "conditions": {"ready": false}},
+            {"addresses": ["10.42.2.7"], "nodeName": "n2", "conditions": {"ready": true, "terminating": true}}
+        ]}));
         (vec![s], vec![e])
     }
 
@@ -327,7 +329,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             http.backends,
-            vec!["10.42.1.5:8080".parse().unwrap(), "10.42.2.5:8080".parse().unwrap()]
+            vec![
+                "10.42.1.5:8080".parse().unwrap(),
+                "10.42.2.5:8080".parse().unwrap()
+            ]
         );
         assert_eq!(http.service, "demo/web:http");
         let dns = t
@@ -353,16 +358,24 @@ mod tests {
     fn unchanged_backends_keep_their_table_and_dns_headless_and_external_names_are_skipped() {
         let (mut s, e) = web();
         let first = build(&s, &e, &ctx(), &ProxyTable::default());
-        s.push(svc(json!({"metadata": {"name": "dns", "namespace": "kube-system"},
-            "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 53, "protocol": "UDP"}]}})));
+        s.push(svc(
+            json!({"metadata": {"name": "dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 53, "protocol": "UDP"}]}}),
+        ));
         s.push(svc(json!({"metadata": {"name": "db", "namespace": "demo"},
             "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}})));
-        s.push(svc(json!({"metadata": {"name": "ext", "namespace": "demo"},
-            "spec": {"type": "ExternalName", "externalName": "example.org"}})));
+        s.push(svc(
+            json!({"metadata": {"name": "ext", "namespace": "demo"},
+            "spec": {"type": "ExternalName", "externalName": "example.org"}}),
+        ));
         let second = build(&s, &e, &ctx(), &first);
         assert_eq!(second.frontends().count(), first.frontends().count());
-        let a = first.lookup("10.43.1.2:80".parse().unwrap(), Protocol::Tcp).unwrap();
-        let b = second.lookup("10.43.1.2:80".parse().unwrap(), Protocol::Tcp).unwrap();
+        let a = first
+            .lookup("10.43.1.2:80".parse().unwrap(), Protocol::Tcp)
+            .unwrap();
+        let b = second
+            .lookup("10.43.1.2:80".parse().unwrap(), Protocol::Tcp)
+            .unwrap();
         assert!(Arc::ptr_eq(&a.table, &b.table));
     }
 
@@ -370,7 +383,9 @@ mod tests {
     fn flows_spread_and_a_refusing_backend_is_skipped() {
         let (s, e) = web();
         let t = build(&s, &e, &ctx(), &ProxyTable::default());
-        let f = t.lookup("10.43.1.2:80".parse().unwrap(), Protocol::Tcp).unwrap();
+        let f = t
+            .lookup("10.43.1.2:80".parse().unwrap(), Protocol::Tcp)
+            .unwrap();
         let mut counts: HashMap<SocketAddrV4, usize> = HashMap::new();
         for port in 20_000..23_000u16 {
             let c = SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, 9), port);

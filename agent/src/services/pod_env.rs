@@ -34,29 +34,26 @@ pub fn resolv_conf(
         .map(|s| s.trim().to_string())
         .collect();
     type Options = Vec<(String, Option<String>)>;
-    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Options) =
-        match policy {
-            "ClusterFirst" if host_network => return Ok(None),
-            "ClusterFirst" | "ClusterFirstWithHostNet" => (
-                vec![dns_ip.to_string()],
-                [
-                    format!("{ns}.svc.{domain}"),
-                    format!("svc.{domain}"),
-                    domain.to_string(),
-                ]
-                .into_iter()
-                .chain(host_search)
-                .collect(),
-                vec![("ndots".into(), Some("5".into()))],
-            ),
-            "Default" => (host_servers, host_search, Vec::new()),
-            "None" => (Vec::new(), Vec::new(), Vec::new()),
-            other => {
-                return Err(format!(
-                    "dnsPolicy {other:?}: expected ClusterFirst, ClusterFirstWithHostNet, Default or None"
-                ))
-            }
-        };
+    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Options) = match policy {
+        "ClusterFirst" if host_network => return Ok(None),
+        "ClusterFirst" | "ClusterFirstWithHostNet" => (
+            vec![dns_ip.to_string()],
+            [
+                format!("{ns}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain.to_string(),
+            ]
+            .into_iter()
+            .chain(host_search)
+            .collect(),
+            vec![("ndots".into(), Some("5".into()))],
+        ),
+        "Default" => (host_servers, host_search, Vec::new()),
+        "None" => (Vec::new(), Vec::new(), Vec::new()),
+        other => return Err(format!(
+            "dnsPolicy {other:?}: expected ClusterFirst, ClusterFirstWithHostNet, Default or None"
+        )),
+    };
     if let Some(c) = &spec.dns_config {
         servers.extend(c.nameservers.iter().flatten().cloned());
         search.extend(c.searches.iter().flatten().cloned());
@@ -117,8 +114,7 @@ pub fn service_env(pod: &Pod, services: &[Arc<Service>]) -> Vec<(String, String)
         .filter(|s| {
             let sns = s.metadata.namespace.as_deref();
             let name = s.metadata.name.as_deref();
-            (links && sns == Some(ns))
-                || (sns == Some("default") && name == Some("kubernetes"))
+            (links && sns == Some(ns)) || (sns == Some("default") && name == Some("kubernetes"))
         })
         .filter(|s| {
             s.spec
@@ -151,7 +147,11 @@ pub fn service_env(pod: &Pod, services: &[Arc<Service>]) -> Vec<(String, String)
         };
         out.push((
             format!("{prefix}_PORT"),
-            format!("{}://{ip}:{}", proto_of(first).to_ascii_lowercase(), first.port),
+            format!(
+                "{}://{ip}:{}",
+                proto_of(first).to_ascii_lowercase(),
+                first.port
+            ),
         ));
         for p in &ports {
             let proto = proto_of(p);
@@ -174,8 +174,10 @@ mod tests {
     use serde_json::json;
 
     fn pod(spec: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "demo"}, "spec": spec}))
-            .unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": "demo"}, "spec": spec}),
+        )
+        .unwrap()
     }
 
     const HOST: &str = "search corp.example\nnameserver 192.0.2.1\n";
@@ -191,11 +193,21 @@ mod tests {
             "nameserver 10.43.0.10\nsearch demo.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:5\n"
         );
         assert_eq!(
-            resolv_conf(&pod(json!({"containers": [], "dnsPolicy": "Default"})), dns, "cluster.local", HOST),
+            resolv_conf(
+                &pod(json!({"containers": [], "dnsPolicy": "Default"})),
+                dns,
+                "cluster.local",
+                HOST
+            ),
             Ok(None)
         );
         assert_eq!(
-            resolv_conf(&pod(json!({"containers": [], "hostNetwork": true})), dns, "cluster.local", HOST),
+            resolv_conf(
+                &pod(json!({"containers": [], "hostNetwork": true})),
+                dns,
+                "cluster.local",
+                HOST
+            ),
             Ok(None)
         );
         let custom = resolv_conf(
@@ -208,7 +220,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(custom, "nameserver 192.0.2.9\nsearch a.example\noptions ndots:2 edns0\n");
+        assert_eq!(
+            custom,
+            "nameserver 192.0.2.9\nsearch a.example\noptions ndots:2 edns0\n"
+        );
         let merged = resolv_conf(
             &pod(json!({"containers": [], "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}})),
             dns,
@@ -218,12 +233,22 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(merged.ends_with("options ndots:1\n"), "{merged}");
-        assert!(resolv_conf(&pod(json!({"containers": [], "dnsPolicy": "None"})), dns, "cluster.local", HOST)
-            .unwrap_err()
-            .contains("dnsConfig"));
-        assert!(resolv_conf(&pod(json!({"containers": [], "dnsPolicy": "Bogus"})), dns, "cluster.local", HOST)
-            .unwrap_err()
-            .contains("Bogus"));
+        assert!(resolv_conf(
+            &pod(json!({"containers": [], "dnsPolicy": "None"})),
+            dns,
+            "cluster.local",
+            HOST
+        )
+        .unwrap_err()
+        .contains("dnsConfig"));
+        assert!(resolv_conf(
+            &pod(json!({"containers": [], "dnsPolicy": "Bogus"})),
+            dns,
+            "cluster.local",
+            HOST
+        )
+        .unwrap_err()
+        .contains("Bogus"));
     }
 
     #[test]
@@ -242,7 +267,9 @@ mod tests {
         .map(|v| Arc::new(serde_json::from_value(v).unwrap()))
         .collect();
         let env: std::collections::BTreeMap<String, String> =
-            service_env(&pod(json!({"containers": []})), &svcs).into_iter().collect();
+            service_env(&pod(json!({"containers": []})), &svcs)
+                .into_iter()
+                .collect();
         assert_eq!(env["MY_WEB_SERVICE_HOST"], "10.43.1.2");
         assert_eq!(env["MY_WEB_SERVICE_PORT"], "80");
         assert_eq!(env["MY_WEB_SERVICE_PORT_HTTP"], "80");
@@ -250,8 +277,16 @@ mod tests {
         assert_eq!(env["MY_WEB_PORT_53_UDP"], "udp://10.43.1.2:53");
         assert_eq!(env["MY_WEB_PORT_80_TCP_ADDR"], "10.43.1.2");
         assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.43.0.1");
-        assert!(!env.keys().any(|k| k.starts_with("OTHER_") || k.starts_with("DB_")));
-        let off = service_env(&pod(json!({"containers": [], "enableServiceLinks": false})), &svcs);
-        assert!(off.iter().all(|(k, _)| k.starts_with("KUBERNETES_")), "{off:?}");
+        assert!(!env
+            .keys()
+            .any(|k| k.starts_with("OTHER_") || k.starts_with("DB_")));
+        let off = service_env(
+            &pod(json!({"containers": [], "enableServiceLinks": false})),
+            &svcs,
+        );
+        assert!(
+            off.iter().all(|(k, _)| k.starts_with("KUBERNETES_")),
+            "{off:?}"
+        );
     }
 }

@@ -150,7 +150,10 @@ mod tests {
         let mut back_again = Vec::new();
         c.read_to_end(&mut back_again).await.unwrap();
         assert_eq!(server.await.unwrap(), payload.len());
-        assert_eq!(back_again, payload.iter().rev().copied().collect::<Vec<u8>>());
+        assert_eq!(
+            back_again,
+            payload.iter().rev().copied().collect::<Vec<u8>>()
+        );
         relay.await.unwrap();
     }
 }

@@ -77,48 +77,48 @@ impl SteerKey {
 /// local_port 60 (host order).
 fn program(frontends: &OwnedFd, sockets: &OwnedFd) -> Vec<Insn> {
     let mut p = vec![
-        insn(ALU64_MOV_X, 6, 1, 0, 0),   // 0: r6 = ctx
-        insn(LDX_MEM_W, 2, 6, 8, 0),     // 1: r2 = family
-        insn(JMP_JNE_K, 2, 0, 34, 2),    // 2: not AF_INET → pass (37)
-        insn(LDX_MEM_W, 2, 6, 40, 0),    // 3: r2 = local_ip4
-        insn(STX_MEM_W, 10, 2, -8, 0),   // 4: key.ip
-        insn(LDX_MEM_W, 2, 6, 60, 0),    // 5: r2 = local_port
-        insn(STX_MEM_H, 10, 2, -4, 0),   // 6: key.port
-        insn(LDX_MEM_W, 2, 6, 12, 0),    // 7: r2 = protocol
-        insn(STX_MEM_H, 10, 2, -2, 0),   // 8: key.protocol
+        insn(ALU64_MOV_X, 6, 1, 0, 0), // 0: r6 = ctx
+        insn(LDX_MEM_W, 2, 6, 8, 0),   // 1: r2 = family
+        insn(JMP_JNE_K, 2, 0, 34, 2),  // 2: not AF_INET → pass (37)
+        insn(LDX_MEM_W, 2, 6, 40, 0),  // 3: r2 = local_ip4
+        insn(STX_MEM_W, 10, 2, -8, 0), // 4: key.ip
+        insn(LDX_MEM_W, 2, 6, 60, 0),  // 5: r2 = local_port
+        insn(STX_MEM_H, 10, 2, -4, 0), // 6: key.port
+        insn(LDX_MEM_W, 2, 6, 12, 0),  // 7: r2 = protocol
+        insn(STX_MEM_H, 10, 2, -2, 0), // 8: key.protocol
     ];
     p.extend(load_map_fd(1, frontends)); // 9-10
     p.extend([
-        insn(ALU64_MOV_X, 2, 10, 0, 0),           // 11
-        insn(ALU64_ADD_K, 2, 0, 0, -8),           // 12: r2 = &key
+        insn(ALU64_MOV_X, 2, 10, 0, 0),                // 11
+        insn(ALU64_ADD_K, 2, 0, 0, -8),                // 12: r2 = &key
         insn(JMP_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM), // 13
-        insn(JMP_JNE_K, 0, 0, 7, 0),              // 14: found → 22
-        insn(ST_MEM_W, 10, 0, -8, 0),             // 15: key.ip = 0.0.0.0
+        insn(JMP_JNE_K, 0, 0, 7, 0),                   // 14: found → 22
+        insn(ST_MEM_W, 10, 0, -8, 0),                  // 15: key.ip = 0.0.0.0
     ]);
     p.extend(load_map_fd(1, frontends)); // 16-17
     p.extend([
-        insn(ALU64_MOV_X, 2, 10, 0, 0),           // 18
-        insn(ALU64_ADD_K, 2, 0, 0, -8),           // 19
+        insn(ALU64_MOV_X, 2, 10, 0, 0),                // 18
+        insn(ALU64_ADD_K, 2, 0, 0, -8),                // 19
         insn(JMP_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM), // 20
-        insn(JMP_JEQ_K, 0, 0, 15, 0),             // 21: miss → pass (37)
-        insn(LDX_MEM_W, 2, 0, 0, 0),              // 22: r2 = socket slot
-        insn(STX_MEM_W, 10, 2, -12, 0),           // 23
+        insn(JMP_JEQ_K, 0, 0, 15, 0),                  // 21: miss → pass (37)
+        insn(LDX_MEM_W, 2, 0, 0, 0),                   // 22: r2 = socket slot
+        insn(STX_MEM_W, 10, 2, -12, 0),                // 23
     ]);
     p.extend(load_map_fd(1, sockets)); // 24-25
     p.extend([
-        insn(ALU64_MOV_X, 2, 10, 0, 0),           // 26
-        insn(ALU64_ADD_K, 2, 0, 0, -12),          // 27: r2 = &slot
+        insn(ALU64_MOV_X, 2, 10, 0, 0),                // 26
+        insn(ALU64_ADD_K, 2, 0, 0, -12),               // 27: r2 = &slot
         insn(JMP_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM), // 28: r0 = socket or NULL
-        insn(JMP_JEQ_K, 0, 0, 7, 0),              // 29: none → pass (37)
-        insn(ALU64_MOV_X, 7, 0, 0, 0),            // 30: r7 = socket
-        insn(ALU64_MOV_X, 1, 6, 0, 0),            // 31
-        insn(ALU64_MOV_X, 2, 7, 0, 0),            // 32
-        insn(ALU64_MOV_K, 3, 0, 0, 0),            // 33
-        insn(JMP_CALL, 0, 0, 0, FUNC_SK_ASSIGN),  // 34: bpf_sk_assign(ctx, sk, 0)
-        insn(ALU64_MOV_X, 1, 7, 0, 0),            // 35
-        insn(JMP_CALL, 0, 0, 0, FUNC_SK_RELEASE), // 36
-        insn(ALU64_MOV_K, 0, 0, 0, SK_PASS),      // 37: pass
-        insn(JMP_EXIT, 0, 0, 0, 0),               // 38
+        insn(JMP_JEQ_K, 0, 0, 7, 0),                   // 29: none → pass (37)
+        insn(ALU64_MOV_X, 7, 0, 0, 0),                 // 30: r7 = socket
+        insn(ALU64_MOV_X, 1, 6, 0, 0),                 // 31
+        insn(ALU64_MOV_X, 2, 7, 0, 0),                 // 32
+        insn(ALU64_MOV_K, 3, 0, 0, 0),                 // 33
+        insn(JMP_CALL, 0, 0, 0, FUNC_SK_ASSIGN),       // 34: bpf_sk_assign(ctx, sk, 0)
+        insn(ALU64_MOV_X, 1, 7, 0, 0),                 // 35
+        insn(JMP_CALL, 0, 0, 0, FUNC_SK_RELEASE),      // 36
+        insn(ALU64_MOV_K, 0, 0, 0, SK_PASS),           // 37: pass
+        insn(JMP_EXIT, 0, 0, 0, 0),                    // 38
     ]);
     p
 }
@@ -139,8 +139,8 @@ impl Steering {
     pub fn attach(listener: &TcpListener) -> Result<Steering, SteerError> {
         let frontends = bpf::map_create(BPF_MAP_TYPE_HASH, 8, 4, MAX_FRONTENDS)
             .map_err(err("create the frontend map"))?;
-        let sockets = bpf::map_create(BPF_MAP_TYPE_SOCKMAP, 4, 8, 1)
-            .map_err(err("create the socket map"))?;
+        let sockets =
+            bpf::map_create(BPF_MAP_TYPE_SOCKMAP, 4, 8, 1).map_err(err("create the socket map"))?;
         let fd = listener.as_raw_fd() as u64;
         bpf::map_update(&sockets, &TCP_SLOT.to_ne_bytes(), &fd.to_ne_bytes())
             .map_err(err("put the listener in the socket map"))?;
@@ -210,7 +210,11 @@ mod tests {
         for (n, i) in p.iter().enumerate() {
             if matches!(i.code, JMP_JNE_K | JMP_JEQ_K) {
                 let target = n as i64 + 1 + i64::from(i.off);
-                assert_eq!(p[target as usize].code, if target == 37 { ALU64_MOV_K } else { LDX_MEM_W }, "jump at {n}");
+                assert_eq!(
+                    p[target as usize].code,
+                    if target == 37 { ALU64_MOV_K } else { LDX_MEM_W },
+                    "jump at {n}"
+                );
             }
         }
         assert_eq!(p.len(), 39);
@@ -246,7 +250,11 @@ mod tests {
                 let dst: SocketAddr = target.parse().unwrap();
                 let _c = TcpStream::connect(dst).unwrap();
                 let (accepted, _) = listener.accept().unwrap();
-                assert_eq!(accepted.local_addr().unwrap(), dst, "the original destination");
+                assert_eq!(
+                    accepted.local_addr().unwrap(),
+                    dst,
+                    "the original destination"
+                );
             }
             // Not a frontend: the kernel's own lookup finds nothing and refuses.
             let refused = TcpStream::connect("10.43.0.7:81").unwrap_err();

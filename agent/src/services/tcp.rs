@@ -55,8 +55,12 @@ async fn handle(client: TcpStream, peer: SocketAddrV4, state: Arc<ProxyState>) {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(b)).await {
             Ok(Ok(s)) => break s,
-            Ok(Err(e)) => tracing::debug!(service = %fe.service, backend = %b, error = %e, "backend refused"),
-            Err(_) => tracing::debug!(service = %fe.service, backend = %b, "backend connect timed out"),
+            Ok(Err(e)) => {
+                tracing::debug!(service = %fe.service, backend = %b, error = %e, "backend refused")
+            }
+            Err(_) => {
+                tracing::debug!(service = %fe.service, backend = %b, "backend connect timed out")
+            }
         }
         avoid.push(b);
         state.forget_affinity(&fe, peer);

@@ -212,6 +212,100 @@ fn validate_labels(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// An IANA service name, as a named port must be: at most 15 lowercase letters, digits and
+/// single inner hyphens, with at least one letter.
+fn is_port_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes().any(|b| b.is_ascii_lowercase())
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && !n.contains("--")
+}
+
+/// Kubernetes' Service rules: type, headless, ExternalName, and ports (range, names, unique
+/// port/protocol pairs, target ports by number or IANA name).
+fn validate_service_spec(spec: &Value, causes: &mut Vec<Cause>) {
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+        causes.push(Cause::unsupported(
+            "spec.type",
+            ty,
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
+    }
+    let headless = spec["clusterIP"] == "None";
+    if headless && ty != "ClusterIP" {
+        causes.push(Cause::invalid(
+            "spec.clusterIPs[0]",
+            "None",
+            &format!("may not be set to 'None' for {ty} services"),
+        ));
+    }
+    if ty == "ExternalName"
+        && spec["externalName"]
+            .as_str()
+            .is_none_or(|n| !is_dns_subdomain(n))
+    {
+        causes.push(Cause::required("spec.externalName"));
+    }
+    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        causes.push(Cause::required("spec.ports"));
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut pairs = std::collections::HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        match p["port"].as_i64() {
+            Some(n) if (1..=65535).contains(&n) => {}
+            Some(n) => causes.push(Cause::invalid(
+                format!("spec.ports[{i}].port"),
+                n,
+                "must be between 1 and 65535, inclusive",
+            )),
+            None => causes.push(Cause::required(format!("spec.ports[{i}].port"))),
+        }
+        let name = p["name"].as_str().unwrap_or("");
+        if ports.len() > 1 && name.is_empty() {
+            causes.push(Cause::required(format!("spec.ports[{i}].name")));
+        }
+        if !name.is_empty() && !names.insert(name.to_string()) {
+            causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), name));
+        }
+        let proto = p["protocol"].as_str().unwrap_or("TCP");
+        if !["TCP", "UDP", "SCTP"].contains(&proto) {
+            causes.push(Cause::unsupported(
+                format!("spec.ports[{i}].protocol"),
+                proto,
+                &["SCTP", "TCP", "UDP"],
+            ));
+        }
+        if !pairs.insert((p["port"].as_i64(), proto.to_string())) {
+            causes.push(Cause::duplicate(
+                format!("spec.ports[{i}]"),
+                format!("{{Port:{}, Protocol:\"{proto}\"}}", p["port"]),
+            ));
+        }
+        match &p["targetPort"] {
+            Value::Number(n) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
+                causes.push(Cause::invalid(
+                    format!("spec.ports[{i}].targetPort"),
+                    n.clone(),
+                    "must be between 1 and 65535, inclusive",
+                ))
+            }
+            Value::String(t) if !is_port_name(t) => causes.push(Cause::invalid(
+                format!("spec.ports[{i}].targetPort"),
+                format!("\"{t}\""),
+                "must contain only lowercase alphanumeric characters or '-', at most 15, with at least one letter",
+            )),
+            _ => {}
+        }
+    }
+}
+
 fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     let containers = spec["containers"].as_array();
     match containers {
@@ -290,24 +384,7 @@ pub fn validate(r: &Resource, obj: &Value) -> Result<(), ApiError> {
                 &mut causes,
             );
         }
-        "Service" => {
-            if let Some(ports) = obj["spec"]["ports"].as_array() {
-                for (i, p) in ports.iter().enumerate() {
-                    match p["port"].as_i64() {
-                        Some(n) if (1..=65535).contains(&n) => {}
-                        Some(n) => causes.push(Cause::invalid(
-                            format!("spec.ports[{i}].port"),
-                            n,
-                            "must be between 1 and 65535, inclusive",
-                        )),
-                        None => causes.push(Cause::required(format!("spec.ports[{i}].port"))),
-                    }
-                    if ports.len() > 1 && p["name"].as_str().is_none_or(str::is_empty) {
-                        causes.push(Cause::required(format!("spec.ports[{i}].name")));
-                    }
-                }
-            }
-        }
+        "Service" => validate_service_spec(&obj["spec"], &mut causes),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(m) = obj[field].as_object() {
@@ -505,6 +582,52 @@ mod tests {
                 "spec.template.metadata.labels",
                 "spec.template.spec.containers[0].image"
             ]
+        );
+    }
+
+    #[test]
+    fn services_are_validated_like_kubernetes() {
+        let r = find("", "v1", "services").unwrap();
+        let fields = |spec: Value| -> Vec<String> {
+            match validate(r, &json!({"metadata": {"name": "s"}, "spec": spec})) {
+                Ok(()) => Vec::new(),
+                Err(ApiError::Invalid { causes, .. }) => causes
+                    .into_iter()
+                    .map(|c| format!("{} {}", c.reason, c.field))
+                    .collect(),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert!(fields(
+            json!({"ports": [{"name": "http", "port": 80, "targetPort": "http"},
+                                          {"name": "dns", "port": 53, "protocol": "UDP"},
+                                          {"name": "dns-tcp", "port": 53}]})
+        )
+        .is_empty());
+        assert!(fields(json!({"clusterIP": "None"})).is_empty());
+        assert!(fields(json!({"type": "ExternalName", "externalName": "example.org"})).is_empty());
+        assert_eq!(
+            fields(json!({"type": "Fancy", "ports": [
+                {"name": "a", "port": 80, "protocol": "ICMP", "targetPort": 70000},
+                {"name": "a", "port": 80, "protocol": "ICMP", "targetPort": "Not_A_Name"}]})),
+            [
+                "FieldValueNotSupported spec.type",
+                "FieldValueNotSupported spec.ports[0].protocol",
+                "FieldValueInvalid spec.ports[0].targetPort",
+                "FieldValueDuplicate spec.ports[1].name",
+                "FieldValueNotSupported spec.ports[1].protocol",
+                "FieldValueDuplicate spec.ports[1]",
+                "FieldValueInvalid spec.ports[1].targetPort",
+            ]
+        );
+        assert_eq!(fields(json!({})), ["FieldValueRequired spec.ports"]);
+        assert_eq!(
+            fields(json!({"type": "NodePort", "clusterIP": "None", "ports": [{"port": 80}]})),
+            ["FieldValueInvalid spec.clusterIPs[0]"]
+        );
+        assert_eq!(
+            fields(json!({"type": "ExternalName"})),
+            ["FieldValueRequired spec.externalName"]
         );
     }
 

@@ -672,7 +672,9 @@ async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiErr
 async fn check_requested_cluster_ip(st: &AppState, svc: &Value) -> Result<(), ApiError> {
     let r = resources::find("", "v1", "services").expect("services");
     let name = svc["metadata"]["name"].as_str().unwrap_or("");
-    let Some(ip) = svc["spec"]["clusterIP"].as_str().filter(|ip| !ip.is_empty() && *ip != "None")
+    let Some(ip) = svc["spec"]["clusterIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
     else {
         return Ok(());
     };
@@ -692,7 +694,9 @@ async fn check_requested_cluster_ip(st: &AppState, svc: &Value) -> Result<(), Ap
         ));
     }
     if cluster_ips_in_use(st, name).await?.contains(ip) {
-        return Err(bad("failed to allocate IP: provided IP is already allocated"));
+        return Err(bad(
+            "failed to allocate IP: provided IP is already allocated",
+        ));
     }
     Ok(())
 }

@@ -36,6 +36,28 @@ impl Cause {
             message: format!("Invalid value: {value}: {why}"),
         }
     }
+
+    /// A value that must be unique in its list appears twice.
+    pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Cause {
+        Cause {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {value}"),
+        }
+    }
+
+    /// A value outside a fixed set.
+    pub fn unsupported(field: impl Into<String>, value: &str, supported: &[&str]) -> Cause {
+        let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
+        Cause {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: \"{value}\": supported values: {}",
+                list.join(", ")
+            ),
+        }
+    }
 }
 
 /// An error the API returns.

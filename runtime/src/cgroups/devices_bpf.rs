@@ -16,8 +16,8 @@ use super::CgroupError;
 use crate::bpf::op::{
     ALU64_AND_K, ALU64_MOV_K, ALU64_MOV_X, ALU64_RSH_K, JMP_EXIT, JMP_JNE_K, LDX_MEM_W,
 };
-use crate::bpf::{bpf, cmd, insn, Attr};
 pub use crate::bpf::Insn;
+use crate::bpf::{bpf, cmd, insn, Attr};
 
 // bpf_cgroup_dev_ctx: access_type = (access << 16) | type; then major, minor.
 const DEV_BLOCK: i32 = 1;

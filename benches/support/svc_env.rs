@@ -174,8 +174,10 @@ endpoints:
     wait_for("the ClusterIP answering", Duration::from_secs(30), || {
         let t = target.clone();
         in_netns(client_pid, move || {
-            let mut s = TcpStream::connect_timeout(&t.parse().unwrap(), Duration::from_secs(1)).ok()?;
-            s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").ok()?;
+            let mut s =
+                TcpStream::connect_timeout(&t.parse().unwrap(), Duration::from_secs(1)).ok()?;
+            s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .ok()?;
             let mut out = String::new();
             std::io::Read::read_to_string(&mut s, &mut out).ok()?;
             out.contains("hello podlet").then_some(())
@@ -198,7 +200,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of stat (11 and 12 after the command).
     // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
