@@ -3,6 +3,7 @@
 //! This first layer is Kubernetes label selector parsing and matching ([`selector`]), used by
 //! list/watch filtering, Services and ReplicaSets.
 
+pub mod allocator;
 pub mod api;
 pub mod bootstrap;
 pub mod controllers;

@@ -120,6 +120,17 @@ pub async fn serve(
     crate::default_services::ensure(store.as_ref(), &codec, advertise)
         .await
         .map_err(|e| MasterError::Io(e.to_string()))?;
+    // The Service ranges hold what existing Services hold before anything is allocated.
+    let services = crate::resources::find("", "v1", "services").expect("services");
+    let page = store.list(&services.prefix(), None, 0, None).await?;
+    let existing: Vec<serde_json::Value> = page
+        .items
+        .iter()
+        .filter_map(|kv| codec.decode(kv).ok())
+        .collect();
+    crate::controllers::service_ranges::initialize(store.as_ref(), &existing)
+        .await
+        .map_err(|e| MasterError::Io(format!("service ranges: {e}")))?;
     let cache = WatchCache::start(store.clone(), codec.clone()).await?;
     let compactor = store.clone();
     tokio::spawn(async move {

@@ -966,3 +966,104 @@ async fn a_thousand_watchers_share_one_store_watch() {
     }
     assert_eq!(got, 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_addresses_are_allocated_once_and_released_with_their_service() {
+    let a = api().await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let svc = |name: &str, ip: Option<&str>, node_port: Option<i64>, port: i64| {
+        let mut spec = json!({"type": "NodePort", "ports": [{"port": port}]});
+        if let Some(ip) = ip {
+            spec["clusterIP"] = json!(ip);
+        }
+        if let Some(np) = node_port {
+            spec["ports"][0]["nodePort"] = json!(np);
+        }
+        json!({"metadata": {"name": name}, "spec": spec})
+    };
+    let (code, v) = a
+        .admin("POST", svcs, svc("a", Some("10.43.5.5"), Some(30001), 80))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    // Taken values are refused, naming the field.
+    let (code, v) = a
+        .admin("POST", svcs, svc("b", Some("10.43.5.5"), None, 80))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("already allocated"),
+        "{v}"
+    );
+    let (code, v) = a.admin("POST", svcs, svc("b", None, Some(30001), 80)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.ports[0].nodePort"),
+        "{v}"
+    );
+    // A refused Service and a dry run keep nothing.
+    let (code, _) = a
+        .admin("POST", svcs, svc("c", Some("10.43.6.6"), Some(30002), 0))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    let (code, _) = a
+        .admin(
+            "POST",
+            &format!("{svcs}?dryRun=All"),
+            svc("d", Some("10.43.7.7"), Some(30003), 80),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    for (name, ip, np) in [("c", "10.43.6.6", 30002), ("d", "10.43.7.7", 30003)] {
+        let (code, v) = a
+            .admin("POST", svcs, svc(name, Some(ip), Some(np), 80))
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{name}: {v}");
+    }
+    // Allocated ones are distinct and never the kubernetes or DNS addresses.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..40 {
+        let (code, v) = a
+            .admin("POST", svcs, svc(&format!("s{i}"), None, None, 80))
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{v}");
+        let ip = v["spec"]["clusterIP"].as_str().unwrap().to_string();
+        let np = v["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!(
+            ip.starts_with("10.43.") && ip != "10.43.0.1" && ip != "10.43.0.10",
+            "{ip}"
+        );
+        assert!(seen.insert(ip) && seen.insert(np.to_string()), "{v}");
+    }
+    // Deleted: the controller gives its values back.
+    let ctx = podlet_master::controllers::Ctx {
+        st: a.state.clone(),
+    };
+    let informer = ctx
+        .informer(podlet_master::controllers::res("Service"))
+        .await;
+    let ranges = tokio::spawn(podlet_master::controllers::service_ranges::run(
+        ctx, informer,
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, _) = a.admin("DELETE", &format!("{svcs}/a"), Value::Null).await;
+    assert_eq!(code, StatusCode::OK);
+    let mut reused = false;
+    for _ in 0..100 {
+        let (code, _) = a
+            .admin("POST", svcs, svc("a2", Some("10.43.5.5"), Some(30001), 80))
+            .await;
+        if code == StatusCode::CREATED {
+            reused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ranges.abort();
+    assert!(
+        reused,
+        "the deleted Service's address and node port were not released"
+    );
+}

@@ -50,9 +50,11 @@ pub fn resolv_conf(
         ),
         "Default" => (host_servers, host_search, Vec::new()),
         "None" => (Vec::new(), Vec::new(), Vec::new()),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "dnsPolicy {other:?}: expected ClusterFirst, ClusterFirstWithHostNet, Default or None"
-        )),
+        ))
+        }
     };
     if let Some(c) = &spec.dns_config {
         servers.extend(c.nameservers.iter().flatten().cloned());

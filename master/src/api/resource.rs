@@ -626,127 +626,136 @@ async fn check_namespace(st: &AppState, ns: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The cluster IPs Services hold now.
-async fn cluster_ips_in_use(
-    st: &AppState,
+/// Values a create took from the Service ranges; given back if the create does not store.
+#[derive(Debug, Default)]
+struct Taken {
+    ips: Vec<u32>,
+    ports: Vec<u32>,
+}
+
+impl Taken {
+    async fn give_back(self, st: &AppState) {
+        let store = st.store.as_ref();
+        let _ = crate::allocator::release(store, &crate::allocator::SERVICE_IPS, &self.ips).await;
+        let _ = crate::allocator::release(store, &crate::allocator::NODE_PORTS, &self.ports).await;
+    }
+}
+
+fn alloc_error(
+    r: &'static Resource,
     name: &str,
-) -> Result<std::collections::HashSet<String>, ApiError> {
-    let r = resources::find("", "v1", "services").expect("services");
-    let page = st
-        .store
-        .list(&r.prefix(), None, 0, None)
-        .await
-        .map_err(|e| ApiError::from_store(r, name, e))?;
-    let mut used = std::collections::HashSet::new();
-    for kv in &page.items {
-        if let Ok(o) = st.codec.decode(kv) {
-            if let Some(ip) = o["spec"]["clusterIP"].as_str() {
-                used.insert(ip.to_string());
-            }
-        }
+    field: &str,
+    value: impl std::fmt::Display,
+    e: crate::allocator::AllocError,
+) -> ApiError {
+    use crate::allocator::AllocError;
+    match e {
+        AllocError::Taken => ApiError::invalid(
+            r,
+            name,
+            vec![super::status::Cause::invalid(
+                field,
+                value,
+                "provided value is already allocated",
+            )],
+        ),
+        AllocError::Store(e) => ApiError::from_store(r, name, e),
+        other => ApiError::Internal(other.to_string()),
     }
-    Ok(used)
 }
 
-/// Picks a free cluster IP in 10.43.0.0/16 for a new Service (never .0.1, the `kubernetes`
-/// Service's, or .0.10, the cluster DNS's, even after they were deleted).
-async fn allocate_cluster_ip(st: &AppState, name: &str) -> Result<String, ApiError> {
-    let used = cluster_ips_in_use(st, name).await?;
-    let start: u32 = name
-        .bytes()
-        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
-        % 65000;
-    for i in 0..65000u32 {
-        let n = (start + i) % 65000 + 11;
-        let ip = format!("10.43.{}.{}", n / 256, n % 256);
-        if !used.contains(&ip) {
-            return Ok(ip);
-        }
-    }
-    Err(ApiError::Internal(
-        "no cluster IP left in 10.43.0.0/16".into(),
-    ))
-}
-
-/// Checks a cluster IP a new Service asks for: in the Service range and free.
-async fn check_requested_cluster_ip(st: &AppState, svc: &Value) -> Result<(), ApiError> {
+/// Gives a new Service its ClusterIP: the one it asks for (in 10.43.0.0/16 and free), or a
+/// free one from the allocator (never .0.1, the `kubernetes` Service's, or .0.10, the
+/// cluster DNS's).
+async fn assign_cluster_ip(
+    st: &AppState,
+    svc: &mut Value,
+    taken: &mut Taken,
+) -> Result<(), ApiError> {
+    use crate::allocator::SERVICE_IPS;
     let r = resources::find("", "v1", "services").expect("services");
-    let name = svc["metadata"]["name"].as_str().unwrap_or("");
-    let Some(ip) = svc["spec"]["clusterIP"]
-        .as_str()
-        .filter(|ip| !ip.is_empty() && *ip != "None")
-    else {
+    let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let requested = svc["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
+    if requested == "None" || svc["spec"]["type"] == "ExternalName" {
         return Ok(());
-    };
+    }
+    if requested.is_empty() {
+        let start = name
+            .bytes()
+            .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+        let v = crate::allocator::allocate(st.store.as_ref(), &SERVICE_IPS, start)
+            .await
+            .map_err(|e| alloc_error(r, &name, "spec.clusterIPs", "", e))?;
+        taken.ips.push(v);
+        let ip = std::net::Ipv4Addr::from(v).to_string();
+        svc["spec"]["clusterIP"] = json!(ip);
+        svc["spec"]["clusterIPs"] = json!([ip]);
+        return Ok(());
+    }
     let bad = |why: &str| {
         ApiError::invalid(
             r,
-            name,
-            vec![super::status::Cause::invalid("spec.clusterIPs", ip, why)],
+            &name,
+            vec![super::status::Cause::invalid(
+                "spec.clusterIPs",
+                &requested,
+                why,
+            )],
         )
     };
-    let parsed: std::net::Ipv4Addr = ip
+    let parsed: std::net::Ipv4Addr = requested
         .parse()
         .map_err(|_| bad("must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))?;
-    if parsed.octets()[..2] != [10, 43] {
+    if SERVICE_IPS.ip_offset(parsed).is_none() {
         return Err(bad(
             "failed to allocate IP: the provided IP is not in the valid range. The range of valid IPs is 10.43.0.0/16",
         ));
     }
-    if cluster_ips_in_use(st, name).await?.contains(ip) {
-        return Err(bad(
-            "failed to allocate IP: provided IP is already allocated",
-        ));
-    }
+    crate::allocator::claim(st.store.as_ref(), &SERVICE_IPS, u32::from(parsed))
+        .await
+        .map_err(|e| match e {
+            crate::allocator::AllocError::Taken => {
+                bad("failed to allocate IP: provided IP is already allocated")
+            }
+            e => alloc_error(r, &name, "spec.clusterIPs", &requested, e),
+        })?;
+    taken.ips.push(u32::from(parsed));
+    svc["spec"]["clusterIPs"] = json!([requested]);
     Ok(())
 }
 
 /// Gives each port of a NodePort/LoadBalancer Service without one a free node port
-/// (30000–32767); a requested port already in use is refused.
-async fn allocate_node_ports(st: &AppState, svc: &mut Value) -> Result<(), ApiError> {
+/// (30000–32767); a requested port outside the range or already in use is refused.
+async fn assign_node_ports(
+    st: &AppState,
+    svc: &mut Value,
+    taken: &mut Taken,
+) -> Result<(), ApiError> {
+    use crate::allocator::NODE_PORTS;
     let r = resources::find("", "v1", "services").expect("services");
     let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let page = st
-        .store
-        .list(&r.prefix(), None, 0, None)
-        .await
-        .map_err(|e| ApiError::from_store(r, &name, e))?;
-    let mut used = std::collections::HashSet::new();
-    for kv in &page.items {
-        if let Ok(o) = st.codec.decode(kv) {
-            for p in o["spec"]["ports"].as_array().into_iter().flatten() {
-                if let Some(n) = p["nodePort"].as_i64() {
-                    used.insert(n);
-                }
-            }
-        }
-    }
     let Some(ports) = svc["spec"]["ports"].as_array_mut() else {
         return Ok(());
     };
     for (i, p) in ports.iter_mut().enumerate() {
+        let field = format!("spec.ports[{i}].nodePort");
         match p["nodePort"].as_i64() {
             Some(n) if !(30000..=32767).contains(&n) => {
-                return Err(ApiError::invalid(r, &name, vec![super::status::Cause::invalid(format!("spec.ports[{i}].nodePort"), n, "provided port is not in the valid range. The range of valid ports is 30000-32767")]));
+                return Err(ApiError::invalid(r, &name, vec![super::status::Cause::invalid(field, n, "provided port is not in the valid range. The range of valid ports is 30000-32767")]));
             }
-            Some(n) if !used.insert(n) => {
-                return Err(ApiError::invalid(
-                    r,
-                    &name,
-                    vec![super::status::Cause::invalid(
-                        format!("spec.ports[{i}].nodePort"),
-                        n,
-                        "provided port is already allocated",
-                    )],
-                ));
+            Some(n) => {
+                crate::allocator::claim(st.store.as_ref(), &NODE_PORTS, n as u32)
+                    .await
+                    .map_err(|e| alloc_error(r, &name, &field, n, e))?;
+                taken.ports.push(n as u32);
             }
-            Some(_) => {}
             None => {
-                let free = (30000..=32767)
-                    .find(|n| !used.contains(n))
-                    .ok_or_else(|| ApiError::Internal("no node port left".into()))?;
-                used.insert(free);
-                p["nodePort"] = json!(free);
+                let start = rand::random_range(0..NODE_PORTS.size);
+                let v = crate::allocator::allocate(st.store.as_ref(), &NODE_PORTS, start)
+                    .await
+                    .map_err(|e| alloc_error(r, &name, &field, "", e))?;
+                taken.ports.push(v);
+                p["nodePort"] = json!(v);
             }
         }
     }
@@ -761,6 +770,25 @@ pub async fn create(
     fv: FieldValidation,
     manager: &str,
     dry: bool,
+) -> Result<Value, ApiError> {
+    let mut taken = Taken::default();
+    let out = create_checked(st, t, obj, fv, manager, dry, &mut taken).await;
+    // Values taken for a Service that was not stored (refused, or a dry run) go back.
+    if out.is_err() || dry {
+        taken.give_back(st).await;
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_checked(
+    st: &AppState,
+    t: &Target,
+    obj: Value,
+    fv: FieldValidation,
+    manager: &str,
+    dry: bool,
+    taken: &mut Taken,
 ) -> Result<Value, ApiError> {
     let r = t.resource;
     if !obj.is_object() {
@@ -834,23 +862,21 @@ pub async fn create(
     }
     objects::default(r, &mut obj);
     if r.kind == "Service" {
-        check_requested_cluster_ip(st, &obj).await?;
-    }
-    if r.kind == "Service"
-        && obj["spec"]["clusterIP"].as_str().is_none_or(str::is_empty)
-        && obj["spec"]["type"] != "ExternalName"
-    {
-        let ip = allocate_cluster_ip(st, obj["metadata"]["name"].as_str().unwrap_or("")).await?;
-        obj["spec"]["clusterIP"] = json!(ip);
-        obj["spec"]["clusterIPs"] = json!([ip]);
-    }
-    if r.kind == "Service"
-        && matches!(
+        // Shape first, so that nothing is allocated for a Service that is refused anyway
+        // (a generated name is checked once it exists, below).
+        if obj["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        {
+            objects::validate(r, &objects::check_types(r, &obj, FieldValidation::Ignore)?)?;
+        }
+        assign_cluster_ip(st, &mut obj, taken).await?;
+        if matches!(
             obj["spec"]["type"].as_str(),
             Some("NodePort" | "LoadBalancer")
-        )
-    {
-        allocate_node_ports(st, &mut obj).await?;
+        ) {
+            assign_node_ports(st, &mut obj, taken).await?;
+        }
     }
     if obj["metadata"]["managedFields"].is_null() {
         patch::record_update(&mut obj, None, manager, &r.api_version(), &now);

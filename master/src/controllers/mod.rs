@@ -12,6 +12,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod scheduler;
+pub mod service_ranges;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -411,6 +412,7 @@ pub async fn run_all(ctx: Ctx) -> Vec<tokio::task::JoinHandle<()>> {
             nodeipam::parse_cidr(nodeipam::DEFAULT_CLUSTER_CIDR).expect("valid default CIDR"),
         )),
         tokio::spawn(nodelifecycle::run(ctx.clone(), nodes, leases, pods.clone())),
+        tokio::spawn(service_ranges::run(ctx.clone(), svcs.clone())),
         tokio::spawn(endpoints::run(ctx, svcs, pods)),
     ]
 }
