@@ -206,3 +206,28 @@ fn corrupt_or_truncated_content_is_refused_and_nothing_is_stored() {
     );
     assert!(store.list().unwrap().is_empty());
 }
+
+/// A whiteout hides one entry of its own directory: `.wh.`, `.wh..` and `.wh...` name the
+/// directory itself or its parent and must be refused, deleting nothing.
+#[test]
+fn whiteouts_naming_the_directory_or_its_parent_are_refused() {
+    for (i, hostile) in [".wh...", "sub/.wh..", "sub/.wh.", "sub/.wh..."]
+        .iter()
+        .enumerate()
+    {
+        let base = tempfile::tempdir().unwrap();
+        fs::write(base.path().join("sentinel"), "keep").unwrap();
+        let dest = base.path().join("layer");
+        fs::create_dir_all(dest.join("sub")).unwrap();
+        fs::write(dest.join("sub/keep"), "keep").unwrap();
+        let mut t = Vec::new();
+        raw_entry(&mut t, hostile, b'0', "", b"");
+        let r = layer::unpack(&finish(t)[..], &dest);
+        assert!(r.is_err(), "case {i} {hostile:?} was accepted");
+        assert!(
+            base.path().join("sentinel").exists() && dest.join("sub/keep").exists(),
+            "case {i} {hostile:?} deleted something: {:?}",
+            tree(base.path())
+        );
+    }
+}

@@ -5,8 +5,9 @@
 //! specification): `<svc>.<ns>.svc.<domain>` → the ClusterIP, or the ready endpoints of a
 //! headless Service; `<hostname>.<svc>.<ns>.svc.<domain>` for endpoints with a hostname;
 //! `_<port>._<proto>.<svc>.<ns>.svc.<domain>` SRV records for named ports; a CNAME for an
-//! ExternalName Service; `a-b-c-d.<ns>.pod.<domain>`. Anything else is forwarded to the
-//! node's own resolvers.
+//! ExternalName Service; `a-b-c-d.<ns>.pod.<domain>`; PTR records (`d.c.b.a.in-addr.arpa`) for
+//! ClusterIPs and for the endpoints of headless Services. Anything else — reverse names of
+//! other addresses included — is forwarded to the node's own resolvers.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, CNAME, SOA, SRV};
+use hickory_proto::rr::rdata::{A, CNAME, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -41,6 +42,12 @@ fn fqdn(s: &str) -> String {
     } else {
         format!("{s}.")
     }
+}
+
+/// `d.c.b.a.in-addr.arpa.` for `a.b.c.d`.
+fn reverse_name(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
 }
 
 fn name(s: &str) -> Option<Name> {
@@ -99,12 +106,18 @@ impl Zone {
                                 .unwrap_or_else(|| ip.to_string().replace('.', "-"));
                             let host_name = format!("{host}.{base}");
                             add(host_name.clone(), RData::A(A(ip)));
+                            if let Some(n) = name(&host_name) {
+                                add(reverse_name(ip), RData::PTR(PTR(n)));
+                            }
                             targets.push((host_name, ip));
                         }
                     }
                 }
             } else if let Some(ip) = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()) {
                 add(base.clone(), RData::A(A(ip)));
+                if let Some(n) = name(&base) {
+                    add(reverse_name(ip), RData::PTR(PTR(n)));
+                }
             }
             for p in spec.ports.iter().flatten() {
                 let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
@@ -129,9 +142,12 @@ impl Zone {
         Zone { domain, records }
     }
 
-    /// Whether `qname` (lower case, fully qualified) is inside the cluster domain.
+    /// Whether the zone answers `qname` (lower case, fully qualified): every name inside the
+    /// cluster domain, and the reverse names of the addresses it knows.
     fn owns(&self, qname: &str) -> bool {
-        qname == self.domain || qname.ends_with(&format!(".{}", self.domain))
+        qname == self.domain
+            || qname.ends_with(&format!(".{}", self.domain))
+            || (qname.ends_with(".in-addr.arpa.") && self.records.contains_key(qname))
     }
 
     /// The records of `qname`, including `a-b-c-d.<ns>.pod.<domain>` names.
@@ -383,6 +399,7 @@ mod tests {
                 RData::A(a) => a.0.to_string(),
                 RData::CNAME(c) => c.0.to_ascii(),
                 RData::SRV(s) => format!("{}:{}", s.target.to_ascii(), s.port),
+                RData::PTR(p) => p.0.to_ascii(),
                 other => format!("{other:?}"),
             })
             .collect();
@@ -430,6 +447,22 @@ mod tests {
         assert!(aaaa.answers.is_empty() && aaaa.authorities.len() == 1);
         let missing = ask(&z, "nope.demo.svc.cluster.local.", RecordType::A);
         assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+        // Reverse lookups of a ClusterIP and of a headless endpoint; other addresses are not
+        // ours.
+        assert_eq!(
+            addrs(&ask(&z, "2.1.43.10.in-addr.arpa.", RecordType::PTR)),
+            ["web.demo.svc.cluster.local."]
+        );
+        assert_eq!(
+            addrs(&ask(&z, "7.1.42.10.in-addr.arpa.", RecordType::PTR)),
+            ["db-0.db.demo.svc.cluster.local."]
+        );
+        let mut rev = Message::query();
+        rev.add_query(Query::query(
+            Name::from_ascii("9.9.9.9.in-addr.arpa.").unwrap(),
+            RecordType::PTR,
+        ));
+        assert!(z.answer(&rev).is_none());
         // Outside the cluster domain: not ours (forwarded).
         let mut m = Message::query();
         m.add_query(Query::query(

@@ -138,6 +138,13 @@ pub fn unpack(r: impl Read, dest: &Path) -> Result<(), LayerError> {
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
+            // It hides one entry of its own directory: never the directory or its parent.
+            if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
+                return Err(LayerError::Escape {
+                    path: raw.clone(),
+                    why: "a whiteout must name an entry of its own directory",
+                });
+            }
             let victim = target.with_file_name(hidden);
             clear(&victim, false).map_err(w)?;
             nix::sys::stat::mknod(
