@@ -17,6 +17,7 @@ mod progress;
 mod run_cli;
 mod runc_cli;
 mod runc_events;
+mod runc_log;
 mod runc_update;
 mod tty;
 

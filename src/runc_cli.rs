@@ -524,14 +524,19 @@ fn init_logging(cli: &Cli) {
             .open(p)
             .ok()
     });
-    match (file, cli.log_format.as_str()) {
-        (Some(f), "json") => builder.json().with_writer(std::sync::Mutex::new(f)).init(),
-        (Some(f), _) => builder
-            .with_ansi(false)
+    // runc's own line shapes (logrus), which tools reading a runtime's log expect.
+    let format = crate::runc_log::RuncFormat {
+        json: cli.log_format == "json",
+    };
+    match file {
+        Some(f) => builder
+            .event_format(format)
             .with_writer(std::sync::Mutex::new(f))
             .init(),
-        (None, "json") => builder.json().with_writer(std::io::stderr).init(),
-        (None, _) => builder.with_writer(std::io::stderr).init(),
+        None => builder
+            .event_format(format)
+            .with_writer(std::io::stderr)
+            .init(),
     }
 }
 
@@ -555,7 +560,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ExitCode {
             if cli.log.is_some() {
                 tracing::error!("{e:#}");
             }
-            eprintln!("podlet-runc: {e:#}");
+            eprintln!("podlet-runc: error: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -345,3 +345,45 @@ fn joins_an_existing_pid_namespace_by_path() {
         "joined namespace already has a pid 1: {text}"
     );
 }
+
+/// containerd's go-runc reads a failed runtime's last error from `--log FILE --log-format
+/// json` in runc's shape; stderr keeps the word "error" as runc's does.
+#[test]
+fn errors_are_logged_in_runcs_json_and_text_shapes() {
+    let env = Env::new();
+    let log = env.dir.path().join("runc-log.json");
+    let out = env.runc(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "state",
+        "no-such-container",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("error"), "{}", stderr(&out));
+    let text = fs::read_to_string(&log).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error", "{text}");
+    assert!(
+        last["msg"].as_str().unwrap().contains("no-such-container"),
+        "{text}"
+    );
+    assert!(last["time"].as_str().unwrap().ends_with('Z'), "{text}");
+    let log_text = env.dir.path().join("runc-log.txt");
+    let out = env.runc(&[
+        "--log",
+        log_text.to_str().unwrap(),
+        "state",
+        "no-such-container",
+    ]);
+    assert!(!out.status.success());
+    let text = fs::read_to_string(&log_text).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("time=\"")
+            && last.contains(" level=error msg=\"")
+            && last.contains("no-such-container"),
+        "{text}"
+    );
+}
