@@ -201,6 +201,9 @@ pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
                 "setting a hostname needs a new uts namespace",
             ));
         }
+        for key in linux.sysctl().iter().flatten().map(|(k, _)| k) {
+            check_sysctl(key, linux.namespaces().as_deref().unwrap_or_default())?;
+        }
     }
     let new_mount_ns = spec
         .linux()
@@ -243,11 +246,17 @@ pub fn effective_resources(
 
 /// True for a new mount namespace, or a path to one that is not the runtime's own.
 fn is_foreign_mount_ns(ns: &oci_spec::runtime::LinuxNamespace) -> bool {
+    is_foreign_ns(ns, "mnt")
+}
+
+/// Whether `ns` is a namespace other than the runtime's own of `kind` (`mnt`, `net`…): a new
+/// one, or a path to another.
+fn is_foreign_ns(ns: &oci_spec::runtime::LinuxNamespace, kind: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Some(path) = ns.path() else { return true };
     match (
         std::fs::metadata(path),
-        std::fs::metadata("/proc/self/ns/mnt"),
+        std::fs::metadata(format!("/proc/self/ns/{kind}")),
     ) {
         (Ok(theirs), Ok(ours)) => (theirs.dev(), theirs.ino()) != (ours.dev(), ours.ino()),
         // A path that cannot be read fails later, when it is opened, with its own error.
@@ -256,9 +265,123 @@ fn is_foreign_mount_ns(ns: &oci_spec::runtime::LinuxNamespace) -> bool {
     }
 }
 
+/// runc's rule for `linux.sysctl`: only keys the container's own namespaces isolate — IPC
+/// (`kernel.msg*`, `kernel.sem`, `kernel.shm*`, `fs.mqueue.*`), network (`net.*`, never in the
+/// host's network namespace) and UTS (`kernel.domainname`); anything else (e.g.
+/// `kernel.core_pattern`) would change the host and is refused.
+fn check_sysctl(
+    key: &str,
+    namespaces: &[oci_spec::runtime::LinuxNamespace],
+) -> Result<(), SpecError> {
+    let field = format!("linux.sysctl[{key}]");
+    let norm = key.replace('/', ".");
+    if norm.split('.').any(|seg| seg.is_empty() || seg == "..")
+        || !norm
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-*".contains(&b))
+    {
+        return Err(invalid(field, "not a sysctl name"));
+    }
+    let find = |t: LinuxNamespaceType| namespaces.iter().find(|n| n.typ() == t);
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&norm.as_str()) || norm.starts_with("fs.mqueue.") {
+        return match find(LinuxNamespaceType::Ipc) {
+            Some(_) => Ok(()),
+            None => Err(invalid(
+                field,
+                "needs an ipc namespace of the container's own",
+            )),
+        };
+    }
+    if norm.starts_with("net.") {
+        return match find(LinuxNamespaceType::Network) {
+            Some(ns) if is_foreign_ns(ns, "net") => Ok(()),
+            Some(_) => Err(invalid(
+                field,
+                "not allowed in the host's network namespace",
+            )),
+            None => Err(invalid(
+                field,
+                "needs a network namespace of the container's own",
+            )),
+        };
+    }
+    if norm == "kernel.domainname" {
+        return match find(LinuxNamespaceType::Uts) {
+            Some(_) => Ok(()),
+            None => Err(invalid(
+                field,
+                "needs a uts namespace of the container's own",
+            )),
+        };
+    }
+    if norm == "kernel.hostname" {
+        return Err(invalid(
+            field,
+            "not allowed: set the container's hostname with \"hostname\"",
+        ));
+    }
+    Err(invalid(
+        field,
+        "is not in a separate kernel namespace: it would change the host",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_namespaced_sysctls_are_allowed() {
+        let ns = |t: &str, path: Option<&str>| {
+            let mut v = serde_json::json!({"type": t});
+            if let Some(p) = path {
+                v["path"] = serde_json::json!(p);
+            }
+            serde_json::from_value::<oci_spec::runtime::LinuxNamespace>(v).unwrap()
+        };
+        let own = [ns("ipc", None), ns("network", None), ns("uts", None)];
+        for ok in [
+            "kernel.shmmax",
+            "fs.mqueue.msg_max",
+            "net.ipv4.ip_forward",
+            "net/ipv4/ping_group_range",
+            "kernel.domainname",
+        ] {
+            assert!(check_sysctl(ok, &own).is_ok(), "{ok}");
+        }
+        let refused = |key: &str, nss: &[oci_spec::runtime::LinuxNamespace]| {
+            check_sysctl(key, nss).unwrap_err().to_string()
+        };
+        assert!(refused("kernel.core_pattern", &own).contains("would change the host"));
+        assert!(refused("vm.overcommit_memory", &own).contains("would change the host"));
+        assert!(refused("kernel.hostname", &own).contains("hostname"));
+        assert!(refused("net.ipv4.ip_forward", &[]).contains("network namespace"));
+        assert!(refused("kernel.shmmax", &[]).contains("ipc namespace"));
+        let host_net = [ns("network", Some("/proc/self/ns/net"))];
+        assert!(refused("net.ipv4.ip_forward", &host_net).contains("host's network namespace"));
+        assert!(refused("net/../../kernel/core_pattern", &own).contains("not a sysctl name"));
+        // Through bundle validation, as `create` sees it.
+        let hostile = GOOD.replace(
+            r#""linux":{"#,
+            r#""linux":{"sysctl":{"kernel.core_pattern":"|/tmp/x"},"#,
+        );
+        let (_d, r) = bundle_with(&hostile);
+        let Err(err) = r else {
+            panic!("kernel.core_pattern was accepted")
+        };
+        let err = err.to_string();
+        assert!(err.contains("linux.sysctl[kernel.core_pattern]"), "{err}");
+    }
 
     fn bundle_with(config: &str) -> (tempfile::TempDir, Result<Bundle, SpecError>) {
         let d = tempfile::tempdir().unwrap();

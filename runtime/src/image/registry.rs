@@ -149,7 +149,7 @@ impl RegistryClient {
         } else {
             &r.registry
         };
-        let local = host.starts_with("localhost") || host.starts_with("127.0.0.1");
+        let local = is_loopback_host(host);
         let scheme = if self.insecure || local {
             "http"
         } else {
@@ -444,8 +444,52 @@ impl RegistryClient {
     }
 }
 
+/// Whether a registry host (`name[:port]`) is this machine: `localhost` or a loopback
+/// address — plain HTTP is only ever assumed for those (`localhost.example.com` is not one).
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_real_loopback_hosts_are_local() {
+        for local in [
+            "localhost",
+            "localhost:5000",
+            "LOCALHOST:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:80",
+            "[::1]:5000",
+        ] {
+            assert!(super::is_loopback_host(local), "{local}");
+        }
+        for remote in [
+            "localhost.example.com",
+            "localhost.example.com:5000",
+            "127.0.0.1.nip.io",
+            "127.0.0.1.example.com:443",
+            "registry.example.com",
+            "10.0.0.1:5000",
+        ] {
+            assert!(!super::is_loopback_host(remote), "{remote}");
+        }
+    }
+
     use super::*;
 
     #[test]
