@@ -388,6 +388,14 @@ fn execute(cli: &Cli) -> Result<ExitCode> {
                 oci_spec::runtime::Spec::default()
             };
             spec.set_hostname(Some("podlet".into()));
+            if let Some(linux) = spec.linux_mut() {
+                linux.set_masked_paths(Some(
+                    podlet_runtime::spec::DEFAULT_MASKED_PATHS
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                ));
+            }
             std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)
                 .with_context(|| format!("writing {}", path.display()))?;
             return Ok(ExitCode::SUCCESS);

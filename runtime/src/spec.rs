@@ -265,6 +265,22 @@ fn is_foreign_ns(ns: &oci_spec::runtime::LinuxNamespace, kind: &str) -> bool {
     }
 }
 
+/// The paths runc's default configuration masks (runc 1.2/1.3 `runc spec`): kernel memory,
+/// keys, timers, ACPI, sound, SCSI, firmware and the RAPL power-capping counters.
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
 /// runc's rule for `linux.sysctl`: only keys the container's own namespaces isolate — IPC
 /// (`kernel.msg*`, `kernel.sem`, `kernel.shm*`, `fs.mqueue.*`), network (`net.*`, never in the
 /// host's network namespace) and UTS (`kernel.domainname`); anything else (e.g.

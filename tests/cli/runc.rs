@@ -387,3 +387,30 @@ fn errors_are_logged_in_runcs_json_and_text_shapes() {
         "{text}"
     );
 }
+
+/// `podlet-runc spec` masks what runc's default configuration masks, the RAPL power-capping
+/// counters included (a side channel on the host's CPU activity), and a container with that
+/// configuration starts where the path does not exist.
+#[test]
+fn the_default_spec_masks_runcs_list() {
+    let mut env = Env::new();
+    let masked = env.config()["linux"]["maskedPaths"].clone();
+    for p in [
+        "/sys/devices/virtual/powercap",
+        "/proc/kcore",
+        "/sys/firmware",
+        "/proc/keys",
+    ] {
+        assert!(
+            masked.as_array().unwrap().iter().any(|m| m == p),
+            "{p} not masked: {masked}"
+        );
+    }
+    // /proc/timer_list exists here (kcore and powercap do not): masked, it reads empty.
+    let out = env.run("masked", &["cat", "/proc/timer_list"]);
+    assert!(
+        out.status.success() && stdout(&out).is_empty(),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -233,6 +233,7 @@ pub fn build(
     }
     let caps = capabilities(&c.cap_add, &c.cap_drop)?;
     let mut spec = serde_json::to_value(Spec::default()).map_err(|e| invalid(e.to_string()))?;
+    spec["linux"]["maskedPaths"] = json!(crate::spec::DEFAULT_MASKED_PATHS);
     spec["root"] = json!({"path": snap.rootfs(), "readonly": c.read_only});
     spec["hostname"] = json!(hostname);
     let mut user = json!({"uid": uid, "gid": gid});
