@@ -163,6 +163,21 @@ fn get(addr: SocketAddr, from: Option<u16>) -> std::io::Result<String> {
     Ok(body)
 }
 
+/// The endpoints of the `web` Service's EndpointSlice.
+fn web_endpoints(c: &Cluster) -> Option<Vec<Value>> {
+    let s = c.kubectl_json(&[
+        "get",
+        "endpointslices",
+        "-n",
+        "demo",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "json",
+    ])?;
+    s["items"][0]["endpoints"].as_array().cloned()
+}
+
 fn rules(c: &Cluster, i: usize) -> (String, String) {
     let run = |prog: &str, args: &[&str]| {
         let out = c.topo.nodes[i]
@@ -220,17 +235,7 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
     let vip: SocketAddr = format!("{cluster_ip}:80").parse().unwrap();
     wait_for("3 ready endpoints", Duration::from_secs(30), || {
-        let s = c.kubectl_json(&[
-            "get",
-            "endpointslices",
-            "-n",
-            "demo",
-            "-l",
-            "kubernetes.io/service-name=web",
-            "-o",
-            "json",
-        ])?;
-        let eps = s["items"][0]["endpoints"].as_array()?.clone();
+        let eps = web_endpoints(&c)?;
         (eps.len() == 3 && eps.iter().all(|e| e["conditions"]["ready"] == true)).then_some(())
     });
     let clients: Vec<Value> = (0..3).map(|i| pod(&c, &format!("client-{i}"))).collect();
@@ -446,17 +451,7 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
     let out = exec(&c, &web2, "web", &["rm", "/www/ready"]);
     assert!(out.status.success(), "{}", text(&out));
     wait_for("web-2's endpoint unready", Duration::from_secs(20), || {
-        let s = c.kubectl_json(&[
-            "get",
-            "endpointslices",
-            "-n",
-            "demo",
-            "-l",
-            "kubernetes.io/service-name=web",
-            "-o",
-            "json",
-        ])?;
-        let eps = s["items"][0]["endpoints"].as_array()?.clone();
+        let eps = web_endpoints(&c)?;
         eps.iter()
             .any(|e| e["targetRef"]["name"] == "web-2" && e["conditions"]["ready"] == false)
             .then_some(())
@@ -486,17 +481,7 @@ fn services_reach_backends_on_every_node_by_cluster_ip_dns_and_node_port() {
         "web-1 gone from the endpoints",
         Duration::from_secs(30),
         || {
-            let s = c.kubectl_json(&[
-                "get",
-                "endpointslices",
-                "-n",
-                "demo",
-                "-l",
-                "kubernetes.io/service-name=web",
-                "-o",
-                "json",
-            ])?;
-            let eps = s["items"][0]["endpoints"].as_array()?.clone();
+            let eps = web_endpoints(&c)?;
             (!eps.iter().any(|e| e["targetRef"]["name"] == "web-1")).then_some(())
         },
     );
