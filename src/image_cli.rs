@@ -100,7 +100,7 @@ pub fn run(root: &Path, cmd: &ImageCommand) -> Result<ExitCode> {
     match cmd {
         ImageCommand::Import { file, name } => {
             let reference = Reference::parse(name)?;
-            if !file.is_file() {
+            if !file.exists() {
                 bail!("{}: no such file", file.display());
             }
             let rec = import::import_rootfs_tar(&store, file, &reference, None)?;

@@ -661,3 +661,38 @@ fn exec_it_signals_and_a_full_disk() {
     let counts: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("rc=")).collect();
     assert_eq!(counts, ["0", "0"], "blobs or temporary files left: {all}");
 }
+
+/// An import reads a file to its end: a device, FIFO or socket never ends, so it is refused
+/// up front (before, `image import /dev/zero x` read zeros forever).
+#[test]
+fn imports_refuse_what_is_not_a_regular_file() {
+    let p = Podlet::new();
+    for args in [
+        vec!["image", "import", "/dev/zero", "zero"],
+        vec!["image", "load", "-i", "/dev/zero"],
+    ] {
+        let mut child = p
+            .cmd(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{args:?} still reading after 20 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut msg = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut msg).unwrap();
+        assert!(!status.success(), "{args:?}");
+        assert!(msg.contains("not a regular file"), "{args:?}: {msg}");
+    }
+}

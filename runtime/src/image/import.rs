@@ -25,6 +25,20 @@ fn invalid(what: impl Into<String>, reason: impl Into<String>) -> ImageError {
     }
 }
 
+/// Refuses what is not a regular file: an import reads to the end, and a device, FIFO or
+/// socket (`/dev/zero`) never ends.
+fn regular_file(path: &Path) -> Result<()> {
+    let md = fs::metadata(path).map_err(super::io_err("open", path))?;
+    if md.is_file() {
+        Ok(())
+    } else {
+        Err(invalid(
+            path.display().to_string(),
+            "not a regular file (give a tar archive or an OCI layout directory)",
+        ))
+    }
+}
+
 /// The media type of a layer blob, from its first bytes.
 fn layer_media_type(path: &Path) -> Result<&'static str> {
     let mut head = [0u8; 4];
@@ -76,6 +90,7 @@ pub fn import_rootfs_tar(
     reference: &Reference,
     cmd: Option<Vec<String>>,
 ) -> Result<ImageRecord> {
+    regular_file(tar)?;
     let mt = layer_media_type(tar)?;
     let diff = diff_id(tar)?;
     // A rootfs must be a tar: check by listing it before anything is stored.
@@ -317,6 +332,7 @@ pub fn load(store: &ImageStore, path: &Path, name: Option<&Reference>) -> Result
     if path.is_dir() {
         return import_oci_layout(store, path, name);
     }
+    regular_file(path)?;
     let dir = unpack_archive(store, path)?;
     let result = if dir.join("index.json").is_file() && dir.join("oci-layout").is_file() {
         import_oci_layout(store, &dir, name)
