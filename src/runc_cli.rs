@@ -250,12 +250,56 @@ fn runtime(cli: &Cli) -> Result<Runtime> {
 }
 
 fn features() -> serde_json::Value {
+    use podlet_runtime::process::sched;
+    let mut mount_options: Vec<&str> = vec![
+        "idmap",
+        "ridmap",
+        "async",
+        "atime",
+        "bind",
+        "defaults",
+        "dev",
+        "diratime",
+        "dirsync",
+        "exec",
+        "mand",
+        "noatime",
+        "nodev",
+        "nodiratime",
+        "noexec",
+        "nomand",
+        "norelatime",
+        "nostrictatime",
+        "nosuid",
+        "nosymfollow",
+        "private",
+        "rbind",
+        "relatime",
+        "remount",
+        "ro",
+        "rprivate",
+        "rshared",
+        "rslave",
+        "runbindable",
+        "rw",
+        "shared",
+        "slave",
+        "strictatime",
+        "suid",
+        "symfollow",
+        "sync",
+        "unbindable",
+    ];
+    mount_options.extend(podlet_runtime::mount_options::recursive_options());
+    mount_options.sort_unstable();
     serde_json::json!({
         "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.2.0",
+        "ociVersionMax": "1.3.0",
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountExtensions": { "idmap": { "enabled": true } },
-        "mountOptions": ["idmap", "ridmap", "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid", "sync", "unbindable"],
+        "mountOptions": mount_options,
+        // podlet reads no annotation as configuration, so none is potentially unsafe.
+        "potentiallyUnsafeConfigAnnotations": [],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
@@ -269,7 +313,17 @@ fn features() -> serde_json::Value {
                 "knownFlags": podlet_runtime::seccomp::FLAGS
             },
             "apparmor": { "enabled": false },
-            "selinux": { "enabled": false }
+            "selinux": { "enabled": false },
+            "memoryPolicy": {
+                "modes": sched::MEMORY_POLICY_MODES,
+                "flags": sched::MEMORY_POLICY_FLAGS
+            },
+            // Not (yet) a field of the spec's features document: what process.scheduler takes.
+            "scheduler": {
+                "policies": sched::POLICIES,
+                "flags": sched::scheduler_flag_names()
+            },
+            "personality": { "domains": ["LINUX", "LINUX32"] }
         },
         "annotations": { "org.opencontainers.runtime-spec.features.runtime": "podlet" }
     })
@@ -344,7 +398,10 @@ fn exec_process(rt: &Runtime, a: &ExecArgs) -> Result<oci_spec::runtime::Process
         p.set_user(user);
     }
     if !a.cap.is_empty() {
-        let mut caps = p.capabilities().clone().unwrap_or_default();
+        let mut caps = p
+            .capabilities()
+            .clone()
+            .unwrap_or_else(podlet_runtime::process::init::no_capabilities);
         for name in &a.cap {
             let c: oci_spec::runtime::Capability = name
                 .trim_start_matches("CAP_")
@@ -388,6 +445,16 @@ fn execute(cli: &Cli) -> Result<ExitCode> {
                 oci_spec::runtime::Spec::default()
             };
             spec.set_hostname(Some("podlet".into()));
+            // runc's default leaves inheritable and ambient empty (CVE-2022-29162): a
+            // non-root program with inheritable file capabilities must not gain them.
+            if let Some(mut process) = spec.process().clone() {
+                if let Some(mut caps) = process.capabilities().clone() {
+                    caps.set_inheritable(None);
+                    caps.set_ambient(None);
+                    process.set_capabilities(Some(caps));
+                }
+                spec.set_process(Some(process));
+            }
             if let Some(linux) = spec.linux_mut() {
                 linux.set_masked_paths(Some(
                     podlet_runtime::spec::DEFAULT_MASKED_PATHS

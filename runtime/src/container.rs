@@ -58,6 +58,14 @@ pub enum ContainerError {
         /// What went wrong.
         reason: String,
     },
+    /// One or more hooks of a stage that runs every hook (poststart, poststop) failed.
+    #[error("{stage} {}", failures.join("; "))]
+    Hooks {
+        /// The hook stage, e.g. `poststart`.
+        stage: &'static str,
+        /// Each failed hook's error.
+        failures: Vec<String>,
+    },
 }
 
 type Result<T> = std::result::Result<T, ContainerError>;
@@ -181,21 +189,38 @@ pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd> {
 
 /// Runs hooks with the container state on stdin, each within its timeout.
 pub fn run_hooks(hooks: Option<&Vec<Hook>>, state: &ContainerState) -> Result<()> {
-    run_hooks_with_state(hooks, &runc_state_json(state))
+    run_hooks_with_state(hooks, &runc_state_json(state), None)
 }
 
-/// Runs every hook even when one fails, logging each failure as a warning: the spec's rule for
-/// poststart and poststop hooks.
-pub fn run_hooks_warn(hooks: Option<&Vec<Hook>>, state: &ContainerState) {
+/// Runs every hook of `stage` even when one fails (the spec's rule for poststart and poststop),
+/// logging each failure as a warning; then reports the failures, as runc does.
+pub fn run_all_hooks(
+    stage: &'static str,
+    hooks: Option<&Vec<Hook>>,
+    state: &ContainerState,
+) -> Result<()> {
+    let mut failures = Vec::new();
     for hook in hooks.into_iter().flatten() {
         if let Err(e) = run_hooks(Some(&vec![hook.clone()]), state) {
-            tracing::warn!("{e}");
+            tracing::warn!("{stage} {e}");
+            failures.push(e.to_string());
         }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(ContainerError::Hooks { stage, failures })
     }
 }
 
-/// Runs hooks with `state` (the runtime spec's state document) on stdin.
-pub fn run_hooks_with_state(hooks: Option<&Vec<Hook>>, state: &serde_json::Value) -> Result<()> {
+/// Runs hooks with `state` (the runtime spec's state document) on stdin. A hook without an
+/// `env` of its own gets `default_env` (startContainer hooks get the container process's, as
+/// runc does), or an empty environment.
+pub fn run_hooks_with_state(
+    hooks: Option<&Vec<Hook>>,
+    state: &serde_json::Value,
+    default_env: Option<&[String]>,
+) -> Result<()> {
     let state_json = serde_json::to_vec(state).unwrap_or_default();
     for hook in hooks.into_iter().flatten() {
         let mut cmd = std::process::Command::new(hook.path());
@@ -206,7 +231,8 @@ pub fn run_hooks_with_state(hooks: Option<&Vec<Hook>>, state: &serde_json::Value
             }
         }
         cmd.env_clear();
-        for kv in hook.env().iter().flatten() {
+        let env = hook.env().as_deref().or(default_env).unwrap_or_default();
+        for kv in env {
             if let Some((k, v)) = kv.split_once('=') {
                 cmd.env(k, v);
             }
@@ -522,8 +548,12 @@ impl Runtime {
         let st = self.state(id)?;
         let spec = spec::load_bundle(&st.bundle).map(|b| b.spec).ok();
         if let Some(hooks) = spec.as_ref().and_then(|s| s.hooks().clone()) {
-            // poststart failures are logged, not fatal (runtime spec).
-            run_hooks_warn(hooks.poststart().as_ref(), &st);
+            // Every poststart hook runs (runtime spec); a failure then fails `start` and stops
+            // the container, as runc does.
+            if let Err(e) = run_all_hooks("poststart", hooks.poststart().as_ref(), &st) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(st.pid), Signal::SIGKILL);
+                return Err(e);
+            }
         }
         Ok(st)
     }
@@ -571,8 +601,10 @@ impl Runtime {
         let mut stopped = st.clone();
         stopped.status = Status::Stopped;
         self.state.remove(id)?;
+        // Every poststop hook runs after the container is gone; failures are then reported
+        // (runc's `delete` exits non-zero), the container stays deleted.
         if let Some(h) = hooks {
-            run_hooks_warn(h.poststop().as_ref(), &stopped);
+            run_all_hooks("poststop", h.poststop().as_ref(), &stopped)?;
         }
         Ok(())
     }

@@ -79,6 +79,7 @@ impl Runtime {
         }
         let b = spec::load_bundle(&st.bundle)?;
         let linux = b.spec.linux().clone().unwrap_or_default();
+        spec::check_process(Some(&process), Some(&linux))?;
         let mut join = Vec::new();
         let mut pid_ns = None;
         for ns in linux.namespaces().iter().flatten() {
@@ -97,7 +98,7 @@ impl Runtime {
         let (mut parent_chan, child_chan) = Channel::pair().map_err(sys("socketpair"))?;
         let mut args = Some(ExecArgs {
             process,
-            seccomp: linux.seccomp().clone(),
+            linux: Some(linux.clone()),
             join,
             preserve_fds: opts.preserve_fds,
         });

@@ -139,6 +139,33 @@ fn check(r: libc::c_long) -> nix::Result<libc::c_long> {
     }
 }
 
+/// Sets and clears `MOUNT_ATTR_*` bits on the mount at `target`, and with `recursive` on every
+/// mount below it (`mount_setattr(2)`; the recursive mount options `rro`, `rnosuid`, …).
+pub fn set_mount_attr(target: &Path, set: u64, clr: u64, recursive: bool) -> nix::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let rec = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: mount_setattr reads a NUL-terminated path and a live mount_attr of the given size.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            rec | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
 /// Bind-mounts `source` on `target` with its ids mapped through `userns`.
 pub fn idmapped_bind(
     source: &Path,

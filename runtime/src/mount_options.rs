@@ -13,6 +13,91 @@ pub struct MountOptions {
     pub data: String,
     /// True for `bind` and `rbind`.
     pub bind: bool,
+    /// Recursive attributes (`rro`, `rnosuid`, …): `MOUNT_ATTR_*` bits to set on the mount and
+    /// every mount below it with `mount_setattr(AT_RECURSIVE)`.
+    pub rec_attr_set: u64,
+    /// `MOUNT_ATTR_*` bits to clear recursively (`rrw`, `rsuid`, …).
+    pub rec_attr_clr: u64,
+}
+
+/// `MS_NOSYMFOLLOW` (Linux 5.10), which nix does not name.
+pub const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(256);
+
+/// `MOUNT_ATTR_*` bits of `mount_setattr(2)`.
+pub mod attr {
+    /// Read-only.
+    pub const RDONLY: u64 = 0x1;
+    /// Ignore suid and sgid bits.
+    pub const NOSUID: u64 = 0x2;
+    /// No device files.
+    pub const NODEV: u64 = 0x4;
+    /// No program execution.
+    pub const NOEXEC: u64 = 0x8;
+    /// The atime mode mask; changing the mode needs it in `attr_clr`.
+    pub const ATIME_MASK: u64 = 0x70;
+    /// Never update atime.
+    pub const NOATIME: u64 = 0x10;
+    /// Always update atime.
+    pub const STRICTATIME: u64 = 0x20;
+    /// Never update directory atime.
+    pub const NODIRATIME: u64 = 0x80;
+    /// Do not follow symlinks.
+    pub const NOSYMFOLLOW: u64 = 0x0020_0000;
+}
+
+/// The recursive mount attributes runc 1.1+ accepts: (option, bits to set, bits to clear).
+const RECURSIVE: &[(&str, u64, u64)] = &[
+    ("rro", attr::RDONLY, 0),
+    ("rrw", 0, attr::RDONLY),
+    ("rnosuid", attr::NOSUID, 0),
+    ("rsuid", 0, attr::NOSUID),
+    ("rnodev", attr::NODEV, 0),
+    ("rdev", 0, attr::NODEV),
+    ("rnoexec", attr::NOEXEC, 0),
+    ("rexec", 0, attr::NOEXEC),
+    ("rnodiratime", attr::NODIRATIME, 0),
+    ("rdiratime", 0, attr::NODIRATIME),
+    ("rrelatime", 0, attr::ATIME_MASK),
+    ("rnorelatime", 0, attr::ATIME_MASK),
+    ("rnoatime", attr::NOATIME, attr::ATIME_MASK),
+    ("ratime", 0, attr::ATIME_MASK),
+    ("rstrictatime", attr::STRICTATIME, attr::ATIME_MASK),
+    ("rnostrictatime", 0, attr::ATIME_MASK),
+    ("rnosymfollow", attr::NOSYMFOLLOW, 0),
+    ("rsymfollow", 0, attr::NOSYMFOLLOW),
+];
+
+/// Every recursive attribute option, for `features`.
+pub fn recursive_options() -> impl Iterator<Item = &'static str> {
+    RECURSIVE.iter().map(|(name, _, _)| *name)
+}
+
+/// Options that reach a bind mount without meaning anything to the runtime: SELinux and
+/// ownership tags that podman and CRI runtimes handle before the runtime runs.
+const BIND_TAGS: &[&str] = &["z", "Z", "U", "copy", "nocopy"];
+
+/// Refuses options that would be silently dropped: filesystem data on a bind mount (the
+/// kernel ignores it, so a misspelt `rnoexce` would leave the mount executable).
+pub fn check(options: &[String], bind: bool) -> Result<(), String> {
+    let parsed = parse(options);
+    if bind && !parsed.data.is_empty() {
+        let unknown: Vec<&str> = parsed
+            .data
+            .split(',')
+            .filter(|o| !BIND_TAGS.contains(o))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "{} not a bind mount option (a bind mount takes no filesystem data)",
+                unknown
+                    .iter()
+                    .map(|o| format!("{o:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses an OCI mount option list (`nosuid`, `rbind`, `ro`, `mode=755`, `rprivate`…).
@@ -22,9 +107,17 @@ pub fn parse(options: &[String]) -> MountOptions {
         propagation: MsFlags::empty(),
         data: String::new(),
         bind: false,
+        rec_attr_set: 0,
+        rec_attr_clr: 0,
     };
     let mut data = Vec::new();
     for opt in options {
+        if let Some((_, set, clr)) = RECURSIVE.iter().find(|(name, _, _)| name == opt) {
+            // A later option wins over an earlier one for the same bits.
+            out.rec_attr_set = (out.rec_attr_set & !clr & !set) | set;
+            out.rec_attr_clr = (out.rec_attr_clr & !set) | clr;
+            continue;
+        }
         let (set, clear, prop) = match opt.as_str() {
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
             "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
@@ -48,6 +141,8 @@ pub fn parse(options: &[String]) -> MountOptions {
             "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
             "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nosymfollow" => (MS_NOSYMFOLLOW, MsFlags::empty(), MsFlags::empty()),
+            "symfollow" => (MsFlags::empty(), MS_NOSYMFOLLOW, MsFlags::empty()),
             // Handled by the idmapped-mount path (crate::idmap), not mount flags.
             "idmap" | "ridmap" => continue,
             "bind" => {
@@ -138,5 +233,28 @@ mod tests {
         let b = parse(&s(&["rbind", "ro", "rw"]));
         assert!(b.bind);
         assert_eq!(b.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+    }
+
+    #[test]
+    fn recursive_attributes_collect_set_and_clear_bits() {
+        let o = parse(&s(&["rbind", "rro", "rnosuid", "rnoatime", "rnosymfollow"]));
+        assert_eq!(
+            o.rec_attr_set,
+            attr::RDONLY | attr::NOSUID | attr::NOATIME | attr::NOSYMFOLLOW
+        );
+        assert_eq!(o.rec_attr_clr, attr::ATIME_MASK);
+        assert!(o.data.is_empty());
+        // The last word wins.
+        let o = parse(&s(&["rro", "rrw"]));
+        assert_eq!((o.rec_attr_set, o.rec_attr_clr), (0, attr::RDONLY));
+        assert_eq!(parse(&s(&["nosymfollow"])).flags, MS_NOSYMFOLLOW);
+    }
+
+    #[test]
+    fn bind_mounts_refuse_filesystem_data() {
+        assert!(check(&s(&["rbind", "rro", "z"]), true).is_ok());
+        let e = check(&s(&["rbind", "rnoexce"]), true).unwrap_err();
+        assert!(e.contains("\"rnoexce\""), "{e}");
+        assert!(check(&s(&["mode=755"]), false).is_ok());
     }
 }

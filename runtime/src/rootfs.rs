@@ -104,6 +104,25 @@ fn mount_err(what: &str, dest: &Path, err: impl std::fmt::Display) -> RootfsErro
     }
 }
 
+/// A bind remount (`flags` must hold `MS_REMOUNT | MS_BIND`) that keeps the flags a user
+/// namespace locked: when the kernel refuses (EPERM), the mount's current nosuid, nodev,
+/// noexec, atime and nosymfollow flags are added and the remount is tried once more, as runc
+/// does. Outside a user namespace the first call succeeds.
+fn remount(sys: &dyn Syscall, target: &Path, flags: MsFlags) -> nix::Result<()> {
+    match sys.mount(None, target, None, flags, None) {
+        Err(nix::errno::Errno::EPERM) => {
+            let mut kept = sys.lockable_flags(target)?;
+            // An atime mode the caller chose is not overridden; a locked one will still fail.
+            let atime = MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_STRICTATIME;
+            if flags.intersects(atime) {
+                kept.remove(atime);
+            }
+            sys.mount(None, target, None, flags | kept, None)
+        }
+        r => r,
+    }
+}
+
 /// Default device nodes every container gets: (name, major, minor).
 const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
     ("null", 1, 3),
@@ -228,12 +247,10 @@ pub fn mount_all(
             }
             let extra = parsed.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
             if !extra.is_empty() {
-                sys.mount(
-                    None,
+                remount(
+                    sys,
                     &dest,
-                    None,
                     MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rec | extra,
-                    None,
                 )
                 .map_err(|e| mount_err("remount", &dest, e))?;
             }
@@ -250,12 +267,10 @@ pub fn mount_all(
                 (Some(host), "cgroup2") => sys
                     .mount(Some(host), &dest, None, MsFlags::MS_BIND, None)
                     .and_then(|_| {
-                        sys.mount(
-                            None,
+                        remount(
+                            sys,
                             &dest,
-                            None,
                             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | parsed.flags,
-                            None,
                         )
                     }),
                 _ => sys.mount(Some(&source), &dest, Some(fstype), parsed.flags, data),
@@ -276,19 +291,21 @@ pub fn mount_all(
                     None,
                 );
                 if result.is_ok() && parsed.flags.contains(MsFlags::MS_RDONLY) {
-                    result = sys.mount(
-                        None,
+                    result = remount(
+                        sys,
                         &dest,
-                        None,
                         MsFlags::MS_BIND
                             | MsFlags::MS_REMOUNT
                             | MsFlags::MS_REC
                             | MsFlags::MS_RDONLY,
-                        None,
                     );
                 }
             }
             result.map_err(|e| mount_err(fstype, &dest, e))?;
+        }
+        if parsed.rec_attr_set != 0 || parsed.rec_attr_clr != 0 {
+            sys.set_mount_attr_recursive(&dest, parsed.rec_attr_set, parsed.rec_attr_clr)
+                .map_err(|e| mount_err("recursive mount attributes", &dest, e))?;
         }
         if !parsed.propagation.is_empty() {
             sys.mount(None, &dest, None, parsed.propagation, None)
@@ -360,10 +377,9 @@ pub fn enter(
                 None,
             )
             .map_err(|e| RootfsError::Protect(path.into(), e))?;
-            sys.mount(
-                None,
+            remount(
+                sys,
                 path,
-                None,
                 MsFlags::MS_BIND
                     | MsFlags::MS_REMOUNT
                     | MsFlags::MS_REC
@@ -371,7 +387,6 @@ pub fn enter(
                     | MsFlags::MS_NOSUID
                     | MsFlags::MS_NODEV
                     | MsFlags::MS_NOEXEC,
-                None,
             )
             .map_err(|e| RootfsError::Protect(path.into(), e))?;
         }
@@ -403,12 +418,10 @@ pub fn enter(
         .and_then(|r| r.readonly())
         .unwrap_or(false)
     {
-        sys.mount(
-            None,
+        remount(
+            sys,
             Path::new("/"),
-            None,
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
         )
         .map_err(|e| RootfsError::Protect("/".into(), e))?;
     }

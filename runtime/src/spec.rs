@@ -205,6 +205,14 @@ pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
             check_sysctl(key, linux.namespaces().as_deref().unwrap_or_default())?;
         }
     }
+    check_process(spec.process().as_ref(), spec.linux().as_ref())?;
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        let opts = m.options().clone().unwrap_or_default();
+        let bind =
+            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
+        crate::mount_options::check(&opts, bind)
+            .map_err(|e| invalid(format!("mounts[{i}].options"), e))?;
+    }
     let new_mount_ns = spec
         .linux()
         .iter()
@@ -217,6 +225,45 @@ pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
         ));
     }
     Ok(rootfs)
+}
+
+/// Checks a process (the container's, or one given to `exec`) and the container's `linux`
+/// settings that apply to it: scheduling, I/O priority, CPU affinity, memory policy,
+/// personality, and capability sets that the bounding set allows.
+pub fn check_process(
+    process: Option<&oci_spec::runtime::Process>,
+    linux: Option<&oci_spec::runtime::Linux>,
+) -> Result<(), SpecError> {
+    crate::process::sched::check(process, linux)
+        .map_err(|(field, reason)| invalid(field, reason))?;
+    let Some(caps) = process.and_then(|p| p.capabilities().as_ref()) else {
+        return Ok(());
+    };
+    // A capability outside the bounding set cannot be held across exec: refuse the spec
+    // instead of dropping it silently.
+    if let Some(bounding) = caps.bounding() {
+        for (name, set) in [
+            ("effective", caps.effective()),
+            ("permitted", caps.permitted()),
+            ("inheritable", caps.inheritable()),
+            ("ambient", caps.ambient()),
+        ] {
+            let mut missing: Vec<String> = set
+                .iter()
+                .flatten()
+                .filter(|c| !bounding.contains(c))
+                .map(|c| format!("CAP_{c}"))
+                .collect();
+            missing.sort();
+            if !missing.is_empty() {
+                return Err(invalid(
+                    format!("process.capabilities.{name}"),
+                    format!("{} not in the bounding set", missing.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The container's cgroup resources, with an allow rule added for every `linux.devices` node

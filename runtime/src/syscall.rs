@@ -43,6 +43,11 @@ pub trait Syscall {
         userns: std::os::fd::RawFd,
         recursive: bool,
     ) -> nix::Result<()>;
+    /// mount_setattr(2) on the mount at `target` and every mount below it.
+    fn set_mount_attr_recursive(&self, target: &Path, set: u64, clr: u64) -> nix::Result<()>;
+    /// The per-mount flags of the mount at `target` that a remount must keep when they are
+    /// locked (nosuid, nodev, noexec, the atime mode, nosymfollow), from statvfs(3).
+    fn lockable_flags(&self, target: &Path) -> nix::Result<MsFlags>;
 }
 
 /// The real kernel.
@@ -50,6 +55,31 @@ pub trait Syscall {
 pub struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
+    fn set_mount_attr_recursive(&self, target: &Path, set: u64, clr: u64) -> nix::Result<()> {
+        crate::idmap::set_mount_attr(target, set, clr, true)
+    }
+    fn lockable_flags(&self, target: &Path) -> nix::Result<MsFlags> {
+        use nix::sys::statvfs::FsFlags;
+        let f = nix::sys::statvfs::statvfs(target)?.flags();
+        let mut out = MsFlags::empty();
+        for (st, ms) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if f.contains(st) {
+                out |= ms;
+            }
+        }
+        // ST_NOSYMFOLLOW (0x2000), which nix does not name.
+        if f.bits() & 0x2000 != 0 {
+            out |= crate::mount_options::MS_NOSYMFOLLOW;
+        }
+        Ok(out)
+    }
     fn idmapped_bind(
         &self,
         source: &Path,
@@ -121,6 +151,8 @@ pub enum Call {
     Mknod(PathBuf, u32, u64),
     /// idmapped_bind(source, target, recursive).
     IdmappedBind(PathBuf, PathBuf, bool),
+    /// set_mount_attr_recursive(target, set, clr).
+    SetAttrRecursive(PathBuf, u64, u64),
 }
 
 /// A test double that records calls instead of making them.
@@ -131,6 +163,15 @@ pub struct RecordingSyscall {
 }
 
 impl Syscall for RecordingSyscall {
+    fn set_mount_attr_recursive(&self, target: &Path, set: u64, clr: u64) -> nix::Result<()> {
+        self.calls
+            .borrow_mut()
+            .push(Call::SetAttrRecursive(target.to_path_buf(), set, clr));
+        Ok(())
+    }
+    fn lockable_flags(&self, _target: &Path) -> nix::Result<MsFlags> {
+        Ok(MsFlags::empty())
+    }
     fn idmapped_bind(
         &self,
         source: &Path,

@@ -46,6 +46,10 @@ impl Env {
         self.dir.path().to_path_buf()
     }
 
+    pub fn cgroup_root(&self) -> &str {
+        &self.cgroup_root
+    }
+
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("state")
     }

@@ -608,34 +608,6 @@ fn joins_a_mount_namespace_by_path_but_never_the_runtimes_own() {
 }
 
 #[test]
-fn failing_poststart_and_poststop_hooks_warn_and_the_rest_still_run() {
-    let mut env = Env::new();
-    let d = env.dir.path().join("hooks");
-    fs::create_dir(&d).unwrap();
-    let ds = d.to_str().unwrap().to_string();
-    env.set_config(|c| {
-        c["hooks"] = json!({
-            "poststart": [{"path": "/bin/false"}, hook(&format!("echo poststart > {ds}/poststart"))],
-            "poststop": [{"path": "/bin/false"}, hook(&format!("echo poststop > {ds}/poststop"))],
-        });
-    });
-    let (id, _) = started(&mut env, "hookwarn", &["sleep", "1000"]);
-    assert!(
-        d.join("poststart").exists(),
-        "the hook after a failed one did not run"
-    );
-    let out = env.runc(&["delete", "--force", &id]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("/bin/false"),
-        "no warning: {}",
-        stderr(&out)
-    );
-    assert!(d.join("poststop").exists());
-    env.assert_nothing_left("hook warnings");
-}
-
-#[test]
 fn idmapped_bind_mounts_show_mapped_owners() {
     let mut env = Env::new();
     let src = env.dir.path().join("idmap-src");

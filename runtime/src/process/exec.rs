@@ -4,19 +4,21 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxSeccomp, Process};
+use oci_spec::runtime::{Linux, Process};
 
 use super::channel::{Channel, Message};
 use super::console;
 use super::init::{exec_process, finalize_process, join_namespaces};
+use super::sched;
 
 /// Everything the exec child needs, prepared by the parent before clone.
 #[derive(Debug)]
 pub struct ExecArgs {
     /// The process to run.
     pub process: Process,
-    /// The container's seccomp profile (exec'd processes get it too).
-    pub seccomp: Option<LinuxSeccomp>,
+    /// The container's `linux` section: its seccomp profile, memory policy and personality
+    /// apply to exec'd processes too.
+    pub linux: Option<Linux>,
     /// The container's namespaces, opened from its init's `/proc/<pid>/ns`.
     pub join: Vec<(CloneFlags, OwnedFd)>,
     /// Extra fds (3..3+n) passed through.
@@ -45,6 +47,10 @@ pub fn run(args: ExecArgs, mut chan: Channel) -> isize {
 fn setup(args: &ExecArgs, chan: &mut Channel) -> Result<(), String> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let (initial, last) = sched::exec_affinity(&args.process);
+    if let Some(cpus) = initial {
+        sched::set_affinity("process.execCPUAffinity.initial", &cpus)?;
+    }
     join_namespaces(&args.join)?;
     if args.process.terminal().unwrap_or(false) {
         nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
@@ -59,10 +65,10 @@ fn setup(args: &ExecArgs, chan: &mut Channel) -> Result<(), String> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| format!("oom_score_adj: {e}"))?;
     }
-    finalize_process(
-        &args.process,
-        args.seccomp.as_ref(),
-        args.preserve_fds,
-        chan,
-    )
+    finalize_process(&args.process, args.linux.as_ref(), args.preserve_fds, chan)?;
+    // The final affinity is set last, once the process sits in the container's cgroup.
+    if let Some(cpus) = last {
+        sched::set_affinity("process.execCPUAffinity.final", &cpus)?;
+    }
+    Ok(())
 }

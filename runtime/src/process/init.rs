@@ -8,10 +8,11 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{Hook, LinuxCapabilities, LinuxSeccomp, Process, Spec};
+use oci_spec::runtime::{Hook, Linux, LinuxCapabilities, Process, Spec};
 
 use super::channel::{Channel, Message};
 use super::console;
+use super::sched;
 use crate::rootfs::{self, RootfsOptions};
 use crate::seccomp;
 use crate::syscall::LinuxSyscall;
@@ -91,7 +92,17 @@ pub fn run(mut args: InitArgs, mut chan: Channel) -> isize {
         return 1;
     }
     let hooks = args.spec.hooks().clone().unwrap_or_default();
-    if let Err(e) = run_hooks_here(hooks.start_container().as_ref(), &hook_state) {
+    let process_env = args
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.env().clone())
+        .unwrap_or_default();
+    if let Err(e) = run_hooks_here(
+        hooks.start_container().as_ref(),
+        &hook_state,
+        Some(&process_env),
+    ) {
         if let Some(c) = conn.as_mut() {
             use std::io::Write;
             let _ = c.write_all(format!("startContainer hook: {e}").as_bytes());
@@ -107,11 +118,17 @@ pub fn run(mut args: InitArgs, mut chan: Channel) -> isize {
     127
 }
 
-/// Runs container-namespace hooks from init with the state document on stdin.
-fn run_hooks_here(hooks: Option<&Vec<Hook>>, state_json: &str) -> Result<(), String> {
+/// Runs container-namespace hooks from init with the state document on stdin; hooks without
+/// an `env` get `default_env`.
+fn run_hooks_here(
+    hooks: Option<&Vec<Hook>>,
+    state_json: &str,
+    default_env: Option<&[String]>,
+) -> Result<(), String> {
     let Some(hooks) = hooks else { return Ok(()) };
     let state: serde_json::Value = serde_json::from_str(state_json).map_err(|e| e.to_string())?;
-    crate::container::run_hooks_with_state(Some(hooks), &state).map_err(|e| e.to_string())
+    crate::container::run_hooks_with_state(Some(hooks), &state, default_env)
+        .map_err(|e| e.to_string())
 }
 
 fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
@@ -165,10 +182,32 @@ pub(crate) fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens `/proc/self/timens_offsets` for [`enter_time_namespace`]. Done first thing, while the
+/// process is still dumpable: once it is not, its `/proc/self` files belong to the host's root,
+/// which a new user namespace cannot open (EACCES). The file is resolved at write time, so it
+/// then names the time namespace unshared later.
+fn open_time_offsets(spec: &Spec) -> Result<Option<std::fs::File>, String> {
+    let has_offsets = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref())
+        .is_some_and(|o| !o.is_empty());
+    if !has_offsets {
+        return Ok(None);
+    }
+    step(
+        "linux.timeOffsets: open /proc/self/timens_offsets",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/self/timens_offsets"),
+    )
+    .map(Some)
+}
+
 /// Makes a time namespace with the spec's clock offsets and moves into it: offsets can only be
 /// written before any process is inside, so unshare (which affects children), write, then
 /// setns to it.
-fn enter_time_namespace(spec: &Spec) -> Result<(), String> {
+fn enter_time_namespace(spec: &Spec, offsets_file: Option<std::fs::File>) -> Result<(), String> {
     step(
         "unshare time namespace",
         nix::sched::unshare(crate::kernel_check::CLONE_NEWTIME),
@@ -191,11 +230,9 @@ fn enter_time_namespace(spec: &Spec) -> Result<(), String> {
             off.nanosecs().unwrap_or(0)
         ));
     }
-    if !text.is_empty() {
-        step(
-            "linux.timeOffsets",
-            std::fs::write("/proc/self/timens_offsets", text),
-        )?;
+    if let Some(mut f) = offsets_file.filter(|_| !text.is_empty()) {
+        use std::io::Write;
+        step("linux.timeOffsets", f.write_all(text.as_bytes()))?;
     }
     let ns = step(
         "open time namespace",
@@ -209,6 +246,11 @@ fn enter_time_namespace(spec: &Spec) -> Result<(), String> {
 
 /// Builds the container; returns the state document for startContainer hooks.
 fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
+    let offsets_file = if args.time_ns {
+        open_time_offsets(&args.spec)?
+    } else {
+        None
+    };
     // Other processes in the container must not reach this process's memory or
     // /proc/<pid>/exe (the runtime binary) before it execs: CVE-2019-5736 class.
     // SAFETY: prctl with integer arguments only.
@@ -231,7 +273,7 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
         )?;
     }
     if args.time_ns {
-        enter_time_namespace(&args.spec)?;
+        enter_time_namespace(&args.spec, offsets_file)?;
     }
     if args.new_net_ns {
         step("bring up loopback", loopback_up())?;
@@ -295,7 +337,7 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
         _ => return Err("runtime went away during hooks".into()),
     };
     let hooks = spec.hooks().clone().unwrap_or_default();
-    run_hooks_here(hooks.create_container().as_ref(), &state)
+    run_hooks_here(hooks.create_container().as_ref(), &state, None)
         .map_err(|e| format!("createContainer hook: {e}"))?;
     step(
         "rootfs",
@@ -323,19 +365,27 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
     }
     // Like runc, a program that cannot be found fails `create`, not `start`.
     check_program(process)?;
-    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    finalize_process(process, seccomp, args.preserve_fds, chan)?;
+    // execCPUAffinity is for exec'd processes only (runtime spec): init keeps its affinity.
+    finalize_process(process, spec.linux().as_ref(), args.preserve_fds, chan)?;
     Ok(state)
 }
 
-/// The process half shared by init and `exec`: rlimits, seccomp, user, capabilities, umask,
-/// no_new_privs, a cwd that must lie inside the root, and no fd leaks.
+/// The process half shared by init and `exec`: scheduling and memory settings, rlimits,
+/// seccomp, user, capabilities, umask, no_new_privs, a cwd that must lie inside the root, and
+/// no fd leaks.
 pub fn finalize_process(
     process: &Process,
-    seccomp: Option<&LinuxSeccomp>,
+    linux: Option<&Linux>,
     preserve_fds: i32,
     chan: &mut Channel,
 ) -> Result<(), String> {
+    // While the process still holds its capabilities: a lower nice value, a real-time policy
+    // or class needs CAP_SYS_NICE / CAP_SYS_ADMIN.
+    sched::apply_process(process)?;
+    if let Some(linux) = linux {
+        sched::apply_linux(linux)?;
+    }
+    let seccomp = linux.and_then(|l| l.seccomp().as_ref());
     for rl in process.rlimits().iter().flatten() {
         let name = serde_json::to_value(rl.typ())
             .ok()
@@ -384,7 +434,11 @@ pub fn finalize_process(
         }
     }
     let user = process.user();
-    let caps = process.capabilities().clone().unwrap_or_default();
+    // No `capabilities` means none at all (fail closed), not oci-spec's default sets.
+    let caps = process
+        .capabilities()
+        .clone()
+        .unwrap_or_else(no_capabilities);
     step("capability bounding set", drop_bounding(&caps))?;
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
@@ -472,6 +526,17 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
         "RLIMIT_STACK" => libc::RLIMIT_STACK,
         _ => return None,
     })
+}
+
+/// A capability description with every set absent (oci-spec's `Default` fills them all).
+pub fn no_capabilities() -> LinuxCapabilities {
+    let mut c = LinuxCapabilities::default();
+    c.set_bounding(None);
+    c.set_effective(None);
+    c.set_inheritable(None);
+    c.set_permitted(None);
+    c.set_ambient(None);
+    c
 }
 
 /// Converts an OCI capability set to the `caps` crate's, keeping only capabilities this

@@ -9,4 +9,5 @@ pub mod console;
 pub mod exec;
 pub mod fdpass;
 pub mod init;
+pub mod sched;
 pub mod spawn;
