@@ -72,34 +72,6 @@ pub fn recursive_options() -> impl Iterator<Item = &'static str> {
     RECURSIVE.iter().map(|(name, _, _)| *name)
 }
 
-/// Options that reach a bind mount without meaning anything to the runtime: SELinux and
-/// ownership tags that podman and CRI runtimes handle before the runtime runs.
-const BIND_TAGS: &[&str] = &["z", "Z", "U", "copy", "nocopy"];
-
-/// Refuses options that would be silently dropped: filesystem data on a bind mount (the
-/// kernel ignores it, so a misspelt `rnoexce` would leave the mount executable).
-pub fn check(options: &[String], bind: bool) -> Result<(), String> {
-    let parsed = parse(options);
-    if bind && !parsed.data.is_empty() {
-        let unknown: Vec<&str> = parsed
-            .data
-            .split(',')
-            .filter(|o| !BIND_TAGS.contains(o))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(format!(
-                "{} not a bind mount option (a bind mount takes no filesystem data)",
-                unknown
-                    .iter()
-                    .map(|o| format!("{o:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Parses an OCI mount option list (`nosuid`, `rbind`, `ro`, `mode=755`, `rprivate`…).
 pub fn parse(options: &[String]) -> MountOptions {
     let mut out = MountOptions {
@@ -248,13 +220,5 @@ mod tests {
         let o = parse(&s(&["rro", "rrw"]));
         assert_eq!((o.rec_attr_set, o.rec_attr_clr), (0, attr::RDONLY));
         assert_eq!(parse(&s(&["nosymfollow"])).flags, MS_NOSYMFOLLOW);
-    }
-
-    #[test]
-    fn bind_mounts_refuse_filesystem_data() {
-        assert!(check(&s(&["rbind", "rro", "z"]), true).is_ok());
-        let e = check(&s(&["rbind", "rnoexce"]), true).unwrap_err();
-        assert!(e.contains("\"rnoexce\""), "{e}");
-        assert!(check(&s(&["mode=755"]), false).is_ok());
     }
 }

@@ -206,13 +206,6 @@ pub fn validate(spec: &Spec, dir: &Path) -> Result<PathBuf, SpecError> {
         }
     }
     check_process(spec.process().as_ref(), spec.linux().as_ref())?;
-    for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        let opts = m.options().clone().unwrap_or_default();
-        let bind =
-            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
-        crate::mount_options::check(&opts, bind)
-            .map_err(|e| invalid(format!("mounts[{i}].options"), e))?;
-    }
     let new_mount_ns = spec
         .linux()
         .iter()
