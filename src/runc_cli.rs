@@ -217,6 +217,13 @@ struct ExecArgs {
     /// Pass N extra fds (from 3) into the process.
     #[arg(long, default_value_t = 0)]
     preserve_fds: i32,
+    /// Run the process in an existing sub-cgroup of the container's: [CONTROLLER:]PATH,
+    /// repeatable (PATH relative, no `..`).
+    #[arg(long = "cgroup")]
+    cgroup: Vec<String>,
+    /// Allow exec into a paused container (the process runs once it is resumed).
+    #[arg(long)]
+    ignore_paused: bool,
     /// Container id.
     id: String,
     /// Command and arguments.
@@ -555,6 +562,8 @@ fn execute(cli: &Cli) -> Result<ExitCode> {
                 console_socket: a.console_socket.clone(),
                 preserve_fds: a.preserve_fds,
                 null_stdio: false,
+                sub_cgroups: a.cgroup.clone(),
+                ignore_paused: a.ignore_paused,
             };
             let pid = rt.exec(&a.id, process, &opts)?;
             if !a.detach {

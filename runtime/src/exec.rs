@@ -26,6 +26,12 @@ pub struct ExecOptions {
     /// Give the process `/dev/null` as stdin, stdout and stderr instead of the caller's
     /// (for probes and hooks run by a long-lived caller such as the node agent).
     pub null_stdio: bool,
+    /// `--cgroup`: existing sub-cgroups of the container's cgroup to start the process in
+    /// (see [`ContainerCgroups::sub_cgroups`]).
+    pub sub_cgroups: Vec<String>,
+    /// `--ignore-paused`: exec into a paused container too (the process stays frozen until
+    /// the container is resumed).
+    pub ignore_paused: bool,
 }
 
 /// The `/proc/<pid>/ns` entry name and clone flag of a namespace type.
@@ -62,7 +68,15 @@ impl Runtime {
         opts: &ExecOptions,
     ) -> Result<i32, ContainerError> {
         let st = self.state(id)?;
-        if !matches!(st.status, Status::Created | Status::Running) {
+        let paused_ok = opts.ignore_paused && st.status == Status::Paused;
+        if st.status == Status::Paused && !paused_ok {
+            return Err(ContainerError::WrongStatus {
+                id: id.into(),
+                status: st.status,
+                what: "cannot exec in a paused container (use --ignore-paused to override)",
+            });
+        }
+        if !matches!(st.status, Status::Created | Status::Running) && !paused_ok {
             return Err(ContainerError::WrongStatus {
                 id: id.into(),
                 status: st.status,
@@ -94,7 +108,8 @@ impl Runtime {
                 join.push((flag, fd));
             }
         }
-        let cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs);
+        let cg = ContainerCgroups::from_dirs(&self.cgroups, &st.cgroup_dirs)
+            .sub_cgroups(&opts.sub_cgroups)?;
         let (mut parent_chan, child_chan) = Channel::pair().map_err(sys("socketpair"))?;
         let mut args = Some(ExecArgs {
             process,

@@ -862,3 +862,102 @@ fn kill_all_signals_every_process_in_the_container() {
     assert!(env.runc(&["delete", &id]).status.success());
     env.assert_nothing_left("kill --all");
 }
+
+/// The cgroup directories `podlet-runc` made for container `id` (from its state file).
+fn container_cgroup_dirs(env: &Env, id: &str) -> Vec<std::path::PathBuf> {
+    let st: Value =
+        serde_json::from_slice(&fs::read(env.root().join(id).join("state.json")).unwrap()).unwrap();
+    st["cgroupDirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().into())
+        .collect()
+}
+
+#[test]
+fn exec_cgroup_picks_an_existing_sub_cgroup_and_nothing_outside() {
+    let mut env = Env::new();
+    let (id, _) = started(&mut env, "exec-cgroup", &["sleep", "1000"]);
+    let dirs = container_cgroup_dirs(&env, &id);
+    assert!(!dirs.is_empty());
+    for d in &dirs {
+        fs::create_dir(d.join("sub")).unwrap();
+    }
+    let out = env.runc(&["exec", "--cgroup", "sub", &id, "cat", "/proc/self/cgroup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    // Every hierarchy's line ends in the sub-cgroup (the container has its own cgroup
+    // namespace or not: either way the path ends with /sub).
+    for line in text.lines().filter(|l| !l.ends_with(":/") && !l.is_empty()) {
+        assert!(line.ends_with("/sub"), "{line} (all: {text})");
+    }
+    // Hostile or missing paths are refused before anything runs.
+    for (bad, why) in [
+        ("../x", "no '..'"),
+        ("/abs", "no '..'"),
+        ("nosuch", "find sub-cgroup"),
+        ("fly:sub", "no hierarchy has that controller"),
+    ] {
+        let out = env.runc(&["exec", "--cgroup", bad, &id, "true"]);
+        assert!(!out.status.success(), "--cgroup {bad} accepted");
+        assert!(
+            stderr(&out).contains(why),
+            "--cgroup {bad}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(env.runc(&["delete", "--force", &id]).status.success());
+    env.assert_nothing_left("exec --cgroup");
+}
+
+#[test]
+fn exec_into_a_paused_container_needs_ignore_paused() {
+    let mut env = Env::new();
+    env.set_config(|c| c["root"]["readonly"] = json!(false));
+    let (id, _) = started(&mut env, "exec-paused", &["sleep", "1000"]);
+    assert!(env.runc(&["pause", &id]).status.success());
+    let out = env.runc(&["exec", &id, "true"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--ignore-paused"), "{}", stderr(&out));
+    // With the flag the process is started, frozen with the container until it resumes.
+    let mut exec = env
+        .command(&[
+            "exec",
+            "--ignore-paused",
+            &id,
+            "sh",
+            "-c",
+            "echo ran > /ran",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        exec.try_wait().unwrap().is_none(),
+        "the exec'd process ran in a paused container"
+    );
+    assert!(!env.bundle().join("rootfs/ran").exists());
+    assert!(env.runc(&["resume", &id]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = exec.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = exec.kill();
+            let _ = exec.wait();
+            panic!("exec did not finish after resume");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success());
+    assert_eq!(
+        fs::read_to_string(env.bundle().join("rootfs/ran")).unwrap(),
+        "ran\n"
+    );
+    assert!(env.runc(&["delete", "--force", &id]).status.success());
+    env.assert_nothing_left("exec --ignore-paused");
+}

@@ -13,6 +13,20 @@ use oci_spec::runtime::LinuxResources;
 
 use super::{CgroupError, CgroupRoot, HierarchyRoot};
 
+/// Removes every cgroup below `dir` (not `dir` itself), deepest first; busy ones stay.
+fn remove_children(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let child = e.path();
+            remove_children(&child);
+            let _ = fs::remove_dir(&child);
+        }
+    }
+}
+
 /// The cgroups made for one container.
 #[derive(Debug, Clone)]
 pub struct ContainerCgroups {
@@ -356,6 +370,9 @@ impl ContainerCgroups {
     pub fn remove(&self) {
         for (h, dir) in &self.dirs {
             for _ in 0..50 {
+                // Sub-cgroups made inside the container's (by it, or for `exec --cgroup`) go
+                // first, deepest first: a cgroup with children cannot be removed.
+                remove_children(dir);
                 if h.remove_dir(dir).is_ok() {
                     break;
                 }
@@ -384,6 +401,64 @@ impl ContainerCgroups {
             .iter()
             .find(|(h, _)| h.version == super::CgroupVersion::V2)
             .map(|(_, d)| d.as_path())
+    }
+
+    /// The container's cgroups with some moved to existing sub-cgroups, for `exec --cgroup`:
+    /// each spec is `[CONTROLLER[,CONTROLLER…]:]PATH`; a bare PATH applies to every hierarchy,
+    /// `CONTROLLER:PATH` to the v1 hierarchies holding that controller (`unified:PATH` to the v2
+    /// one). PATH is relative, made of plain components (no `..`), and must exist: nothing is
+    /// created and nothing outside the container's cgroup can be named.
+    pub fn sub_cgroups(&self, specs: &[String]) -> Result<ContainerCgroups, CgroupError> {
+        let mut out = self.clone();
+        for spec in specs {
+            let (controllers, path) = match spec.split_once(':') {
+                Some((c, p)) => (Some(c.split(',').collect::<Vec<_>>()), p),
+                None => (None, spec.as_str()),
+            };
+            let plain = !path.is_empty()
+                && !path.starts_with('/')
+                && Path::new(path)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(CgroupError::InvalidPath {
+                    what: "exec --cgroup",
+                    path: spec.clone(),
+                });
+            }
+            let mut matched = false;
+            for (h, dir) in out.dirs.iter_mut() {
+                let wanted = match &controllers {
+                    None => true,
+                    Some(cs) => match h.version {
+                        super::CgroupVersion::V2 => cs.contains(&"unified"),
+                        super::CgroupVersion::V1 => {
+                            cs.iter().any(|c| h.controllers.iter().any(|hc| hc == c))
+                        }
+                    },
+                };
+                if !wanted {
+                    continue;
+                }
+                matched = true;
+                let sub = dir.join(path);
+                if !sub.is_dir() {
+                    return Err(CgroupError::Io {
+                        op: "exec --cgroup: find sub-cgroup",
+                        path: sub,
+                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    });
+                }
+                *dir = sub;
+            }
+            if !matched {
+                return Err(CgroupError::InvalidPath {
+                    what: "exec --cgroup (no hierarchy has that controller)",
+                    path: spec.clone(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Pids in the container's cgroup (v2 when present).
