@@ -696,3 +696,95 @@ fn imports_refuse_what_is_not_a_regular_file() {
         assert!(msg.contains("not a regular file"), "{args:?}: {msg}");
     }
 }
+
+/// Runs `cmd args` as the unprivileged user `nobody` (uid/gid 65534).
+fn as_nobody(cmd: &str, args: &[&Path]) -> Output {
+    use std::os::unix::process::CommandExt;
+    // Through sh, so that a program nobody may not reach is an exit status, not a spawn error.
+    Command::new("sh")
+        .args(["-c", "exec \"$0\" \"$@\"", cmd])
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_store_is_closed_to_unprivileged_host_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let (p, _) = with_busybox();
+    // Only the store's own modes may stand between a host user and its files.
+    fs::set_permissions(p.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "secretive",
+        "-e",
+        "API_TOKEN=hunter2",
+        "busybox",
+        "sh",
+        "-c",
+        "cp /bin/busybox /planted; chmod 4755 /planted; sleep 1000",
+    ]);
+    assert!(out.status.success(), "{}", err(&out));
+    let mode = |rel: &str| {
+        fs::metadata(p.data().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(""), 0o711, "store root");
+    for d in ["blobs", "layers", "containers", "tmp"] {
+        assert_eq!(mode(d), 0o700, "{d}");
+    }
+    let container = p.data().join("containers/secretive");
+    let config = container.join("config.json");
+    assert!(fs::read_to_string(&config).unwrap().contains("hunter2"));
+    let out = as_nobody("cat", &[&config]);
+    assert!(
+        !out.status.success(),
+        "nobody read the container's config.json"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    let out = as_nobody("ls", &[&p.data().join("layers")]);
+    assert!(!out.status.success(), "nobody listed the layers");
+    // The setuid copy in the upper dir is out of reach too.
+    let planted: Vec<PathBuf> = walk(&container)
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == "planted"))
+        .collect();
+    assert!(!planted.is_empty(), "the container did not write /planted");
+    let out = as_nobody(planted[0].to_str().unwrap(), &[Path::new("true")]);
+    assert!(
+        !out.status.success(),
+        "nobody ran the planted setuid binary"
+    );
+
+    // A store made by an older podlet with open modes is closed when next opened.
+    fs::set_permissions(p.data().join("layers"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(p.data(), fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(p.run(&["images"]).status.success());
+    assert_eq!(mode("layers"), 0o700);
+    assert_eq!(mode(""), 0o711);
+    assert!(p.run(&["rm", "--force", "secretive"]).status.success());
+}
+
+/// Every file below `dir` (root reads them all).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

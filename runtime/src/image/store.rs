@@ -127,11 +127,28 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`. The root is 0711 and everything in it
+    /// 0700 (CVE-2021-41091 class): no unprivileged host user may list layers, read a
+    /// container's `config.json` (its environment holds secrets) or logs, or reach a setuid
+    /// binary a container wrote into its upper dir. Modes left open by an older podlet are
+    /// closed here.
     pub fn open(root: &Path) -> Result<ImageStore> {
+        use std::os::unix::fs::PermissionsExt;
         for d in ["blobs/sha256", "layers", "containers", "tmp"] {
             fs::create_dir_all(root.join(d))
                 .map_err(super::io_err("create store directory", root))?;
+        }
+        let close = |dir: &Path, mode: u32| -> Result<()> {
+            let md = fs::metadata(dir).map_err(super::io_err("stat store directory", dir))?;
+            if md.permissions().mode() & 0o7777 != mode {
+                fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                    .map_err(super::io_err("set store directory mode", dir))?;
+            }
+            Ok(())
+        };
+        close(root, 0o711)?;
+        for d in ["blobs", "layers", "containers", "tmp"] {
+            close(&root.join(d), 0o700)?;
         }
         Ok(ImageStore {
             root: root.to_path_buf(),
