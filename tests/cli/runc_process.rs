@@ -961,3 +961,42 @@ fn exec_into_a_paused_container_needs_ignore_paused() {
     assert!(env.runc(&["delete", "--force", &id]).status.success());
     env.assert_nothing_left("exec --ignore-paused");
 }
+
+#[test]
+fn no_runtime_fd_lets_the_process_path_reach_the_host() {
+    // CVE-2024-21626 class: a directory fd the runtime still holds at execve would let
+    // process.args[0] = /proc/self/fd/N/../../.. resolve on the host. A script only the host
+    // has stands for "the host" (a static busybox named `echo` outside the rootfs): it must
+    // never run, whatever N is.
+    let mut env = Env::new();
+    let host_only = env.dir.path().join("host-only");
+    fs::create_dir(&host_only).unwrap();
+    fs::copy("/bin/busybox", host_only.join("echo")).unwrap();
+    let marker = host_only.join("echo");
+    let rel = marker
+        .strip_prefix("/")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    for n in 3..=12 {
+        let program = format!("/proc/self/fd/{n}/{}{rel}", "../".repeat(40));
+        let out = env.run(&format!("fd-escape-{n}"), &[&program, "ESCAPED"]);
+        let all = stdout(&out) + &stderr(&out);
+        assert!(!all.contains("ESCAPED"), "fd {n} reached the host: {all}");
+        assert!(!out.status.success(), "fd {n}: {all}");
+    }
+    // The same through `exec` into a running container.
+    let (id, _) = started(&mut env, "fd-escape-exec", &["sleep", "1000"]);
+    for n in 3..=12 {
+        let program = format!("/proc/self/fd/{n}/{}{rel}", "../".repeat(40));
+        let out = env.runc(&["exec", &id, &program, "ESCAPED"]);
+        let all = stdout(&out) + &stderr(&out);
+        assert!(
+            !all.contains("ESCAPED"),
+            "exec: fd {n} reached the host: {all}"
+        );
+    }
+    assert!(env.runc(&["delete", "--force", &id]).status.success());
+    env.assert_nothing_left("fd escape");
+}

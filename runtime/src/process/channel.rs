@@ -35,6 +35,12 @@ pub struct Channel {
     sock: UnixStream,
 }
 
+impl std::os::fd::AsRawFd for Channel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 impl Channel {
     /// A connected pair (both ends close on exec).
     pub fn pair() -> std::io::Result<(Channel, Channel)> {

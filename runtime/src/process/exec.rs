@@ -8,7 +8,9 @@ use oci_spec::runtime::{Linux, Process};
 
 use super::channel::{Channel, Message};
 use super::console;
-use super::init::{exec_process, finalize_process, join_namespaces};
+use super::init::{
+    close_fds_except, exec_process, finalize_process, join_namespaces, release_owned_fds,
+};
 use super::sched;
 
 /// Everything the exec child needs, prepared by the parent before clone.
@@ -26,12 +28,20 @@ pub struct ExecArgs {
 }
 
 /// The exec child's body. Never returns on success: it execs.
-pub fn run(args: ExecArgs, mut chan: Channel) -> isize {
+pub fn run(mut args: ExecArgs, mut chan: Channel) -> isize {
     match chan.recv() {
         Ok(Some(Message::Continue)) => {}
         _ => return 1,
     }
     if let Err(e) = setup(&args, &mut chan) {
+        let _ = chan.send(&Message::Error(e));
+        return 1;
+    }
+    // No runtime fd may reach execve (CVE-2024-21626 class; see init::run): only the channel
+    // stays, and it closes on exec.
+    release_owned_fds(args.join.drain(..).map(|(_, fd)| fd));
+    let keep = [std::os::fd::AsRawFd::as_raw_fd(&chan)];
+    if let Err(e) = close_fds_except(3 + args.preserve_fds.max(0), &keep) {
         let _ = chan.send(&Message::Error(e));
         return 1;
     }

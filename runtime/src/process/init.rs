@@ -66,6 +66,23 @@ pub fn run(mut args: InitArgs, mut chan: Channel) -> isize {
             return 1;
         }
     };
+    // From here on no runtime fd may stay open (CVE-2024-21626 class): execve resolves
+    // process.args[0] before close-on-exec applies, so /proc/self/fd/N/.. of a directory fd
+    // would reach the host. Only the channel and the start socket are kept (sockets: no path
+    // walks through them); they close on exec.
+    release_owned_fds(args.join.drain(..).map(|(_, fd)| fd));
+    release_owned_fds(args.idmaps.drain().map(|(_, (fd, _))| fd));
+    let mut keep = vec![chan.as_raw_fd()];
+    keep.extend(listener.as_ref().map(|l| l.as_raw_fd()));
+    let checked = close_fds_except(3 + args.preserve_fds.max(0), &keep).and_then(|_| {
+        // Like runc, a program that cannot be found fails `create`, not `start`; checked
+        // once nothing but the container's own files can be reached.
+        args.spec.process().as_ref().map_or(Ok(()), check_program)
+    });
+    if let Err(e) = checked {
+        let _ = chan.send(&Message::Error(e));
+        return 1;
+    }
     if chan.send(&Message::Ready).is_err() {
         return 1;
     }
@@ -363,8 +380,6 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
         close_fds_on_exec(args.preserve_fds);
         return Ok(state);
     }
-    // Like runc, a program that cannot be found fails `create`, not `start`.
-    check_program(process)?;
     // execCPUAffinity is for exec'd processes only (runtime spec): init keeps its affinity.
     finalize_process(process, spec.linux().as_ref(), args.preserve_fds, chan)?;
     Ok(state)
@@ -475,6 +490,42 @@ pub fn finalize_process(
         }
     }
     close_fds_on_exec(preserve_fds);
+    Ok(())
+}
+
+/// Gives up ownership of fds about to be closed by [`close_fds_except`] (so that nothing
+/// closes them twice).
+pub fn release_owned_fds(fds: impl Iterator<Item = OwnedFd>) {
+    for fd in fds {
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
+    }
+}
+
+/// Closes every fd from `first` up except those in `keep`, checking each `close_range`.
+pub fn close_fds_except(first: i32, keep: &[std::os::fd::RawFd]) -> Result<(), String> {
+    let mut keep: Vec<i32> = keep.iter().copied().filter(|k| *k >= first).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut lo = first as u32;
+    let mut ranges = Vec::new();
+    for k in keep {
+        if k as u32 > lo {
+            ranges.push((lo, k as u32 - 1));
+        }
+        lo = k as u32 + 1;
+    }
+    ranges.push((lo, u32::MAX));
+    for (a, b) in ranges {
+        // SAFETY: close_range takes integers; the fds in range are owned by nothing that will
+        // use them again (see release_owned_fds).
+        let r = unsafe { libc::syscall(libc::SYS_close_range, a, b, 0) };
+        if r != 0 {
+            return Err(format!(
+                "close runtime fds {a}..{b}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     Ok(())
 }
 
