@@ -41,8 +41,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "memory.available<100Mi", value_parser = podlet_agent::parse_eviction_hard)]
     eviction_hard: u64,
     /// Give containers without a seccompProfile the runtime's default profile
-    /// (RuntimeDefault) instead of Unconfined.
-    #[arg(long)]
+    /// (RuntimeDefault); `--seccomp-default=false` runs them Unconfined, kubelet's default.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     seccomp_default: bool,
     /// At most this many processes in one pod (-1: no limit).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]

@@ -90,6 +90,7 @@ fn container_config(pod: &str, c: &Container) -> Result<ContainerConfig> {
             });
         }
         cfg.read_only = sc.read_only_root_filesystem.unwrap_or(false);
+        cfg.no_new_privileges = sc.allow_privilege_escalation == Some(false);
         if let Some(caps) = &sc.capabilities {
             cfg.cap_add = caps.add.clone().unwrap_or_default();
             cfg.cap_drop = caps.drop.clone().unwrap_or_default();
@@ -168,6 +169,10 @@ pub fn run(p: Paths<'_>, file: &Path, network: &str, cni: &CniArgs) -> Result<Ex
         .chain(spec.containers.iter().map(|c| (c, false)))
     {
         let mut cfg = container_config(&name, c)?;
+        // seccompProfile as the node agent reads it (Localhost profiles below
+        // `<root>/seccomp`), RuntimeDefault when none is set, as podman's `kube play` does.
+        cfg.seccomp = podlet_agent::pods::convert::seccomp(&pod, c, true, &p.root.join("seccomp"))
+            .map_err(|e| anyhow::anyhow!("container {:?}: {e}", c.name))?;
         for m in c.volume_mounts.iter().flatten() {
             let vol = spec
                 .volumes

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use podlet_runtime::engine::{
     BindMount, ContainerConfig, Engine, EngineConfig, ExecRequest, Network, Prepared, Resources,
+    Seccomp,
 };
 use podlet_runtime::pod::PodNetwork;
 use podlet_runtime::state::Status;
@@ -86,6 +87,11 @@ pub struct RunArgs {
     /// Drop a capability (e.g. CHOWN, or ALL).
     #[arg(long)]
     pub(crate) cap_drop: Vec<String>,
+    /// Security options, as podman takes them: `seccomp=unconfined`, `seccomp=FILE` (an OCI
+    /// or Docker/podman seccomp profile), `no-new-privileges[=true|false]`. Repeatable.
+    /// Without `seccomp=…` the runtime's default profile applies.
+    #[arg(long = "security-opt")]
+    pub(crate) security_opt: Vec<String>,
     /// Override the image's entrypoint.
     #[arg(long)]
     pub(crate) entrypoint: Option<String>,
@@ -165,6 +171,37 @@ fn parse_volume(v: &str) -> Result<BindMount> {
     })
 }
 
+/// The seccomp filter and no_new_privs from `--security-opt` values (podman's spelling).
+pub(crate) fn security_options(opts: &[String]) -> Result<(Seccomp, bool)> {
+    let mut seccomp = Seccomp::RuntimeDefault;
+    let mut nnp = false;
+    for opt in opts {
+        let (key, value) = match opt.split_once(['=', ':']) {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("seccomp", Some("unconfined")) => seccomp = Seccomp::Unconfined,
+            ("seccomp", Some(path)) if !path.is_empty() => {
+                let text = std::fs::read(path)
+                    .with_context(|| format!("--security-opt {opt:?}: reading {path}"))?;
+                let value: serde_json::Value = serde_json::from_slice(&text)
+                    .with_context(|| format!("--security-opt {opt:?}: {path} is not JSON"))?;
+                seccomp = Seccomp::Profile(value);
+            }
+            ("no-new-privileges", None | Some("true")) => nnp = true,
+            ("no-new-privileges", Some("false")) => nnp = false,
+            ("label" | "apparmor" | "mask" | "unmask" | "proc-opts" | "systempaths", _) => {
+                bail!("--security-opt {opt:?}: not supported by podlet")
+            }
+            _ => bail!(
+                "--security-opt {opt:?}: expected seccomp=unconfined, seccomp=FILE or no-new-privileges[=true|false]"
+            ),
+        }
+    }
+    Ok((seccomp, nnp))
+}
+
 /// The engine's container config from `podlet run` flags.
 pub(crate) fn container_config(a: &RunArgs) -> Result<ContainerConfig> {
     let network = match a.cni.network(a.network.as_deref().unwrap_or("none"))? {
@@ -182,6 +219,7 @@ pub(crate) fn container_config(a: &RunArgs) -> Result<ContainerConfig> {
             bail!("--cpus {c}: must be positive");
         }
     }
+    let (seccomp, no_new_privileges) = security_options(&a.security_opt)?;
     Ok(ContainerConfig {
         name: a.name.clone(),
         image: a.image.clone(),
@@ -226,6 +264,8 @@ pub(crate) fn container_config(a: &RunArgs) -> Result<ContainerConfig> {
         read_only: a.read_only,
         cap_add: a.cap_add.clone(),
         cap_drop: a.cap_drop.clone(),
+        seccomp,
+        no_new_privileges,
         tty: a.tty,
         remove: a.rm,
         ..ContainerConfig::default()

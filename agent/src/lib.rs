@@ -105,7 +105,8 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodPolicy {
     /// Containers without a `seccompProfile` get `RuntimeDefault` (kubelet's
-    /// `--seccomp-default`); otherwise they run `Unconfined`, Kubernetes' default.
+    /// `--seccomp-default`, on by default here); otherwise they run `Unconfined`, Kubernetes'
+    /// default.
     pub seccomp_default: bool,
     /// At most this many processes in one pod (kubelet's `--pod-max-pids`); `None`: no limit.
     pub pod_max_pids: Option<i64>,
@@ -121,7 +122,7 @@ pub struct PodPolicy {
 impl Default for PodPolicy {
     fn default() -> Self {
         PodPolicy {
-            seccomp_default: false,
+            seccomp_default: true,
             pod_max_pids: None,
             image_gc_high_percent: 85,
             image_gc_low_percent: 80,

@@ -788,3 +788,67 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn run_confines_with_a_default_seccomp_profile_and_takes_security_opts() {
+    let p = Podlet::new();
+    let root = busybox::rootfs(
+        &p.dir.path().join("rootfs"),
+        &["sh", "grep", "unshare", "mkdir", "echo", "true", "cat"],
+    );
+    let tar = busybox::tar(&root, &p.dir.path().join("bb.tar.gz"));
+    let out = p.run(&["image", "import", tar.to_str().unwrap(), "bb"]);
+    assert!(out.status.success(), "{}", err(&out));
+    let probe = "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
+                 unshare -U true 2>/dev/null; echo userns=$?; \
+                 mkdir /made 2>/dev/null; echo mkdir=$?";
+    let run = |opts: &[&str]| -> String {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["bb", "sh", "-c", probe]);
+        let out = p.run(&args);
+        assert!(out.status.success(), "{opts:?}: {}", err(&out));
+        text(&out)
+    };
+    // By default: the runtime's profile (a new user namespace is refused), no_new_privs off.
+    let t = run(&[]);
+    assert!(t.contains("Seccomp:\t2"), "{t}");
+    assert!(t.contains("NoNewPrivs:\t0"), "{t}");
+    assert!(t.contains("userns=1"), "{t}");
+    assert!(t.contains("mkdir=0"), "{t}");
+    let t = run(&["--security-opt", "seccomp=unconfined"]);
+    assert!(t.contains("Seccomp:\t0") && t.contains("userns=0"), "{t}");
+    let t = run(&["--security-opt", "no-new-privileges"]);
+    assert!(t.contains("NoNewPrivs:\t1"), "{t}");
+    // A podman/Docker-format profile file: mkdir denied unless the container has SYS_ADMIN.
+    let profile = p.dir.path().join("profile.json");
+    fs::write(
+        &profile,
+        serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "archMap": [{"architecture": "SCMP_ARCH_X86_64",
+                         "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                          "errnoRet": 13, "excludes": {"caps": ["CAP_SYS_ADMIN"]}}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let t = run(&["--security-opt", &opt]);
+    assert!(t.contains("mkdir=1") && t.contains("userns=0"), "{t}");
+    let t = run(&["--security-opt", &opt, "--cap-add", "SYS_ADMIN"]);
+    assert!(t.contains("mkdir=0"), "{t}");
+    // Bad options name themselves and leave nothing behind.
+    for (bad, why) in [
+        ("seccomp=/nonexistent.json", "/nonexistent.json"),
+        ("label=disable", "not supported"),
+        ("fly", "expected seccomp="),
+    ] {
+        let out = p.run(&["run", "--rm", "--security-opt", bad, "bb", "true"]);
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(err(&out).contains(why), "{bad}: {}", err(&out));
+    }
+    let names = fs::read_dir(p.data().join("containers")).unwrap().count();
+    assert_eq!(names, 0, "a refused run left a container");
+}

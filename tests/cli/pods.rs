@@ -30,7 +30,9 @@ impl Podlet {
         };
         let rootfs = busybox::rootfs(
             &p.dir.path().join("rootfs"),
-            &["sh", "echo", "cat", "hostname", "nc", "ping", "sleep", "ip"],
+            &[
+                "sh", "echo", "cat", "hostname", "nc", "ping", "sleep", "ip", "grep",
+            ],
         );
         busybox::with_users(&rootfs);
         let tar = busybox::tar(&rootfs, &p.dir.path().join("busybox.tar"));
@@ -261,7 +263,7 @@ fn pod_run_from_a_kubernetes_manifest() {
     let manifest = dir.path().join("pod.yaml");
     fs::write(
         &manifest,
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube\n  labels: {app: demo}\nspec:\n  hostname: kubehost\n  initContainers:\n  - name: init\n    image: busybox\n    command: [sh, -c, 'echo init ran']\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c]\n    args: ['echo $GREETING from $(hostname); sleep 30']\n    env:\n    - {name: GREETING, value: hi}\n  - name: side\n    image: busybox\n    command: [sleep, '30']\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube\n  labels: {app: demo}\nspec:\n  hostname: kubehost\n  initContainers:\n  - name: init\n    image: busybox\n    command: [sh, -c, 'echo init ran']\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c]\n    args: ['echo $GREETING from $(hostname); grep -E \"^(Seccomp|NoNewPrivs):\" /proc/self/status; sleep 30']\n    env:\n    - {name: GREETING, value: hi}\n  - name: side\n    image: busybox\n    command: [sh, -c, 'grep -E \"^(Seccomp|NoNewPrivs):\" /proc/self/status; sleep 30']\n    securityContext:\n      allowPrivilegeEscalation: false\n      seccompProfile: {type: Unconfined}\n",
     )
     .unwrap();
     let holder = NetnsHolder::start(&bins::workspace_bin("podlet-test-workload")).unwrap();
@@ -288,12 +290,27 @@ fn pod_run_from_a_kubernetes_manifest() {
     let mut logs = String::new();
     for _ in 0..50 {
         logs = q.ok(&["logs", "kube-main"]);
-        if !logs.is_empty() {
+        if logs.contains("Seccomp:") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert_eq!(logs.trim(), "hi from kubehost");
+    // No seccompProfile: the runtime's default profile; the side container asked for
+    // Unconfined and no privilege escalation.
+    assert_eq!(
+        logs.trim(),
+        "hi from kubehost\nNoNewPrivs:\t0\nSeccomp:\t2",
+        "{logs}"
+    );
+    let mut side = String::new();
+    for _ in 0..50 {
+        side = q.ok(&["logs", "kube-side"]);
+        if side.contains("Seccomp:") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(side.trim(), "NoNewPrivs:\t1\nSeccomp:\t0", "{side}");
     let v: Value = serde_json::from_str(&q.ok(&["pod", "inspect", "kube"])).unwrap();
     assert_eq!(v[0]["labels"]["app"], "demo");
     assert!(v[0]["ip"].as_str().unwrap().starts_with("10.91.0."));

@@ -328,12 +328,14 @@ pub fn build(
             linux["seccomp"] = super::seccomp_profile::runtime_default(&caps);
         }
         Seccomp::Profile(p) => {
+            let caps = capabilities(&c.cap_add, &c.cap_drop)?;
+            let p = super::seccomp_profile::from_user_profile(p, &caps).map_err(invalid)?;
             serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(p.clone()).map_err(|e| {
                 invalid(format!(
                     "seccomp profile is not a valid OCI linux.seccomp object: {e}"
                 ))
             })?;
-            linux["seccomp"] = p.clone();
+            linux["seccomp"] = p;
         }
     }
     linux["cgroupsPath"] = match pod.filter(|p| p.pids_limit.is_some()) {
