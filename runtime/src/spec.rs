@@ -260,14 +260,19 @@ pub fn check_process(
 }
 
 /// The container's cgroup resources, with an allow rule added for every `linux.devices` node
-/// when device rules are given (the container must be able to use the devices it is given).
+/// (device rules fail closed, so the container must be allowed the devices it is given).
 pub fn effective_resources(
     linux: &oci_spec::runtime::Linux,
 ) -> Option<oci_spec::runtime::LinuxResources> {
-    let mut res = linux.resources().clone()?;
-    if let Some(rules) = res.devices().clone().filter(|r| !r.is_empty()) {
-        let mut rules = rules;
-        for d in linux.devices().iter().flatten() {
+    let nodes = linux.devices().as_deref().unwrap_or_default();
+    let mut res = match linux.resources().clone() {
+        Some(r) => r,
+        None if !nodes.is_empty() => oci_spec::runtime::LinuxResources::default(),
+        None => return None,
+    };
+    if !nodes.is_empty() {
+        let mut rules = res.devices().clone().unwrap_or_default();
+        for d in nodes {
             let rule = serde_json::json!({
                 "allow": true,
                 "type": d.typ(),

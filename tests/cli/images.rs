@@ -794,7 +794,9 @@ fn run_confines_with_a_default_seccomp_profile_and_takes_security_opts() {
     let p = Podlet::new();
     let root = busybox::rootfs(
         &p.dir.path().join("rootfs"),
-        &["sh", "grep", "unshare", "mkdir", "echo", "true", "cat"],
+        &[
+            "sh", "grep", "unshare", "mkdir", "echo", "true", "cat", "mknod",
+        ],
     );
     let tar = busybox::tar(&root, &p.dir.path().join("bb.tar.gz"));
     let out = p.run(&["image", "import", tar.to_str().unwrap(), "bb"]);
@@ -839,6 +841,14 @@ fn run_confines_with_a_default_seccomp_profile_and_takes_security_opts() {
     assert!(t.contains("mkdir=1") && t.contains("userns=0"), "{t}");
     let t = run(&["--security-opt", &opt, "--cap-add", "SYS_ADMIN"]);
     assert!(t.contains("mkdir=0"), "{t}");
+    // Devices fail closed: even with CAP_MKNOD, a node outside the default list (here
+    // /dev/net/tun's 10:200) can be neither made nor opened; /dev/null works.
+    let out = p.run(&[
+        "run", "--rm", "--cap-add", "MKNOD", "bb", "sh", "-c",
+        "mknod /node c 10 200; (exec 3</node) && echo node-opened; echo x > /dev/null && echo null-ok",
+    ]);
+    let t = text(&out) + &err(&out);
+    assert!(t.contains("null-ok") && !t.contains("node-opened"), "{t}");
     // Bad options name themselves and leave nothing behind.
     for (bad, why) in [
         ("seccomp=/nonexistent.json", "/nonexistent.json"),

@@ -1000,3 +1000,50 @@ fn no_runtime_fd_lets_the_process_path_reach_the_host() {
     assert!(env.runc(&["delete", "--force", &id]).status.success());
     env.assert_nothing_left("fd escape");
 }
+
+#[test]
+fn devices_fail_closed_without_a_deny_all_rule_or_any_rule() {
+    // runc's default allow-list (null, zero, …) and nothing else: a node the container makes
+    // for /dev/net/tun (10:200, which this host lets its own processes open) can be neither
+    // made nor opened, whatever the spec's rule list looks like, even with CAP_MKNOD.
+    let mut env = Env::new();
+    let script = "mknod /node c 10 200; (exec 3</node) && echo node-opened; \
+                  echo x > /dev/null && echo null-ok; true";
+    for (name, rules) in [
+        ("no-rules", None),
+        (
+            "allow-only",
+            Some(json!([{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])),
+        ),
+    ] {
+        env.set_config(|c| {
+            c["root"]["readonly"] = json!(false);
+            let caps = json!([
+                "CAP_MKNOD",
+                "CAP_KILL",
+                "CAP_AUDIT_WRITE",
+                "CAP_NET_BIND_SERVICE"
+            ]);
+            c["process"]["capabilities"] =
+                json!({"bounding": caps, "effective": caps, "permitted": caps});
+            let res = &mut c["linux"]["resources"];
+            match &rules {
+                Some(r) => res["devices"] = r.clone(),
+                None => {
+                    if let Some(o) = res.as_object_mut() {
+                        o.remove("devices");
+                    }
+                }
+            }
+        });
+        let _ = fs::remove_file(env.bundle().join("rootfs/node"));
+        let out = env.run(name, &["sh", "-c", script]);
+        let text = stdout(&out) + &stderr(&out);
+        assert!(text.contains("null-ok"), "{name}: {text}");
+        assert!(
+            !text.contains("node-opened"),
+            "{name}: an unlisted device opened: {text}"
+        );
+    }
+    env.assert_nothing_left("devices");
+}

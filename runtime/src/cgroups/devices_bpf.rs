@@ -3,8 +3,8 @@
 //!
 //! Semantics follow the v1 devices controller the rules were written for: rules apply in
 //! order and a later rule overrides an earlier one, so the program checks them last to first
-//! and the first match decides; an access no rule matches is allowed (a new v1 cgroup starts
-//! with "a *:* rwm").
+//! and the first match decides. An access no rule matches is denied (fail closed, as runc's
+//! cgroup v2 filter does): a rule list without a leading deny-all does not become allow-all.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -91,7 +91,8 @@ pub fn compile(rules: &[LinuxDeviceCgroup]) -> Vec<Insn> {
             return prog;
         }
     }
-    prog.push(insn(ALU64_MOV_K, 0, 0, 0, 1));
+    // No rule matched: deny.
+    prog.push(insn(ALU64_MOV_K, 0, 0, 0, 0));
     prog.push(insn(JMP_EXIT, 0, 0, 0, 0));
     prog
 }

@@ -215,10 +215,17 @@ impl ContainerCgroups {
                     }
                 }
             }
-            match res {
-                Some(r) => made.apply(root, cgroups_path, r),
-                None => Ok(()),
+            if let Some(r) = res {
+                made.apply(root, cgroups_path, r)?;
             }
+            // Devices fail closed: a container whose spec has no device rules still gets the
+            // default allow-list and nothing else.
+            if res.and_then(|r| r.devices().as_ref()).is_none() {
+                if let Some(d) = made.unified_dir().map(Path::to_path_buf) {
+                    made.apply_device_rules(&d, &[])?;
+                }
+            }
+            Ok(())
         })();
         if let Err(e) = result {
             made.remove();
@@ -251,13 +258,8 @@ impl ContainerCgroups {
                 None => unserved.push((ctrl, file)),
             }
         }
-        if let (Some(rules), Some(d)) = (
-            res.devices().as_ref().filter(|r| !r.is_empty()),
-            v2_dir.as_ref(),
-        ) {
-            let mut all = rules.clone();
-            all.extend(super::v1::default_allowed_rules());
-            super::devices_bpf::apply(d, &all)?;
+        if let (Some(rules), Some(d)) = (res.devices().as_ref(), v2_dir.as_ref()) {
+            self.apply_device_rules(d, rules)?;
             served.insert("devices".to_string());
         }
         // Join the v1 hierarchies the remaining settings need.
@@ -393,6 +395,18 @@ impl ContainerCgroups {
             })
             .collect();
         ContainerCgroups { dirs }
+    }
+
+    /// Attaches the device filter for `rules` followed by the default allow-list (null, zero,
+    /// full, random, urandom, tty, console, ptmx, pts); anything else is denied.
+    fn apply_device_rules(
+        &self,
+        dir: &Path,
+        rules: &[oci_spec::runtime::LinuxDeviceCgroup],
+    ) -> Result<(), CgroupError> {
+        let mut all = rules.to_vec();
+        all.extend(super::v1::default_allowed_rules());
+        super::devices_bpf::apply(dir, &all)
     }
 
     /// The v2 directory, if any.

@@ -186,7 +186,8 @@ fn etc_files(snap_dir: &Path, hostname: &str, resolv: &str) -> Result<Vec<Value>
         .iter()
         .map(|f| {
             json!({"destination": format!("/etc/{f}"), "type": "bind",
-                "source": etc.join(f), "options": ["bind", "rprivate"]})
+                "source": etc.join(f),
+                "options": ["bind", "rprivate", "nosuid", "nodev", "noexec"]})
         })
         .collect())
 }
@@ -297,6 +298,10 @@ pub fn build(
         }
     }
     let mut resources = json!({});
+    if c.privileged {
+        // Kubernetes' privileged: every device, as runc gives `--privileged` containers.
+        resources["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    }
     let r = &c.resources;
     if let Some(m) = r.memory_bytes {
         resources["memory"] = json!({"limit": m});
