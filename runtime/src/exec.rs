@@ -68,19 +68,19 @@ impl Runtime {
         opts: &ExecOptions,
     ) -> Result<i32, ContainerError> {
         let st = self.state(id)?;
-        let paused_ok = opts.ignore_paused && st.status == Status::Paused;
-        if st.status == Status::Paused && !paused_ok {
+        let refused = match st.status {
+            Status::Created | Status::Running => None,
+            Status::Paused if opts.ignore_paused => None,
+            Status::Paused => {
+                Some("cannot exec in a paused container (use --ignore-paused to override)")
+            }
+            _ => Some("exec needs a created or running container"),
+        };
+        if let Some(what) = refused {
             return Err(ContainerError::WrongStatus {
                 id: id.into(),
                 status: st.status,
-                what: "cannot exec in a paused container (use --ignore-paused to override)",
-            });
-        }
-        if !matches!(st.status, Status::Created | Status::Running) && !paused_ok {
-            return Err(ContainerError::WrongStatus {
-                id: id.into(),
-                status: st.status,
-                what: "exec needs a created or running container",
+                what,
             });
         }
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {

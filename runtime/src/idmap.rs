@@ -139,8 +139,29 @@ fn check(r: libc::c_long) -> nix::Result<libc::c_long> {
     }
 }
 
+/// mount_setattr(2) relative to `dirfd` (an `AT_FDCWD` path, or a tree fd with `AT_EMPTY_PATH`).
+fn mount_setattr(
+    dirfd: RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_uint,
+    attr: &MountAttr,
+) -> nix::Result<()> {
+    // SAFETY: mount_setattr reads a NUL-terminated path and a live mount_attr of the given size.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
 /// Sets and clears `MOUNT_ATTR_*` bits on the mount at `target`, and with `recursive` on every
-/// mount below it (`mount_setattr(2)`; the recursive mount options `rro`, `rnosuid`, …).
+/// mount below it (the recursive mount options `rro`, `rnosuid`, …).
 pub fn set_mount_attr(target: &Path, set: u64, clr: u64, recursive: bool) -> nix::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(target.as_os_str().as_bytes())
@@ -152,18 +173,12 @@ pub fn set_mount_attr(target: &Path, set: u64, clr: u64, recursive: bool) -> nix
         userns_fd: 0,
     };
     let rec = if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: mount_setattr reads a NUL-terminated path and a live mount_attr of the given size.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            rec | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })?;
-    Ok(())
+    mount_setattr(
+        libc::AT_FDCWD,
+        &path,
+        rec | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+        &attr,
+    )
 }
 
 /// Bind-mounts `source` on `target` with its ids mapped through `userns`.
@@ -198,17 +213,12 @@ pub fn idmapped_bind(
         propagation: 0,
         userns_fd: userns as u64,
     };
-    // SAFETY: mount_setattr reads a live mount_attr of the given size.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | rec,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })?;
+    mount_setattr(
+        tree.as_raw_fd(),
+        empty,
+        libc::AT_EMPTY_PATH as libc::c_uint | rec,
+        &attr,
+    )?;
     // SAFETY: move_mount reads NUL-terminated paths; the tree fd is ours.
     check(unsafe {
         libc::syscall(

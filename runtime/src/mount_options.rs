@@ -86,7 +86,7 @@ pub fn parse(options: &[String]) -> MountOptions {
     for opt in options {
         if let Some((_, set, clr)) = RECURSIVE.iter().find(|(name, _, _)| name == opt) {
             // A later option wins over an earlier one for the same bits.
-            out.rec_attr_set = (out.rec_attr_set & !clr & !set) | set;
+            out.rec_attr_set = (out.rec_attr_set & !clr) | set;
             out.rec_attr_clr = (out.rec_attr_clr & !set) | clr;
             continue;
         }

@@ -11,53 +11,15 @@ use podlet_runtime::cgroups::{devices_bpf, CgroupRoot};
 
 #[test]
 fn the_filter_allows_listed_devices_and_denies_the_rest() {
-    let root_name = format!("podlet-bpf-test-{}", std::process::id());
-    let root = CgroupRoot::discover(Some(std::path::Path::new(&root_name))).unwrap();
-    let v2 = root.unified().expect("cgroup2 is mounted").clone();
-    let dir = v2.container_dir("dev-filter").unwrap();
-    v2.create_dir(&dir).unwrap();
-    struct Guard(podlet_runtime::cgroups::HierarchyRoot, std::path::PathBuf);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.remove_dir(&self.1);
-        }
-    }
-    let _guard = Guard(v2.clone(), dir.clone());
-
-    let rules: Vec<LinuxDeviceCgroup> = serde_json::from_str(
-        r#"[{"allow":false,"access":"rwm"},
+    let rules = r#"[{"allow":false,"access":"rwm"},
             {"allow":true,"type":"c","major":1,"minor":3,"access":"rw"},
-            {"allow":true,"type":"c","major":1,"minor":5,"access":"r"}]"#,
-    )
-    .unwrap();
-    devices_bpf::apply(&dir, &rules).expect("load and attach the device filter");
-    // Applying again replaces the filter instead of stacking a second one.
-    devices_bpf::apply(&dir, &rules).expect("replace the device filter");
-
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("cgroup.procs"))
-        .unwrap();
-    let fd = procs.as_raw_fd();
-    let mut cmd = Command::new("/bin/busybox");
-    cmd.args([
-        "sh",
-        "-c",
+            {"allow":true,"type":"c","major":1,"minor":5,"access":"r"}]"#;
+    let text = run_filtered(
+        "listed",
+        rules,
         "echo x > /dev/null && echo null-w; head -c1 /dev/zero >/dev/null && echo zero-r; \
          echo x > /dev/zero && echo zero-w; head -c1 /dev/urandom >/dev/null && echo urandom-r; true",
-    ]);
-    // SAFETY: the hook only calls write(2) on an fd opened before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    );
     assert!(text.contains("null-w"), "{text}");
     assert!(text.contains("zero-r"), "{text}");
     assert!(
@@ -87,6 +49,8 @@ fn run_filtered(name: &str, rules: &str, script: &str) -> String {
     let _guard = Guard(v2.clone(), dir.clone());
     let rules: Vec<LinuxDeviceCgroup> = serde_json::from_str(rules).unwrap();
     devices_bpf::apply(&dir, &rules).expect("load and attach the device filter");
+    // Applying again replaces the filter instead of stacking a second one.
+    devices_bpf::apply(&dir, &rules).expect("replace the device filter");
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.procs"))

@@ -46,6 +46,32 @@ impl Env {
         self.dir.path().to_path_buf()
     }
 
+    /// Maps the container's root to uid/gid 100000 in a new user namespace, with the rootfs
+    /// owned by it (as any user-namespaced container needs).
+    pub fn user_namespaced(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(self.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fn chown_tree(p: &Path) {
+            std::os::unix::fs::lchown(p, Some(100000), Some(100000)).unwrap();
+            if p.is_dir() && !p.is_symlink() {
+                for e in fs::read_dir(p).unwrap().flatten() {
+                    chown_tree(&e.path());
+                }
+            }
+        }
+        chown_tree(&self.bundle().join("rootfs"));
+        self.set_config(|c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            c["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            c["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        });
+    }
+
     pub fn cgroup_root(&self) -> &str {
         &self.cgroup_root
     }

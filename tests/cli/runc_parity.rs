@@ -172,12 +172,7 @@ fn exec_cpu_affinity_applies_initial_then_final() {
     let id = started(&mut env, "affinity", &["sleep", "1000"]);
     let base: Value = env.config()["process"].clone();
     let run = |env: &Env, affinity: Value| -> String {
-        let mut p = base.clone();
-        p["args"] = json!(["grep", "Cpus_allowed_list", "/proc/self/status"]);
-        p["execCPUAffinity"] = affinity;
-        let path = env.dir.path().join("process.json");
-        fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
-        let out = env.runc(&["exec", "--process", path.to_str().unwrap(), &id]);
+        let out = exec_with_affinity(env, &base, &id, affinity);
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out).split_whitespace().last().unwrap().to_string()
     };
@@ -192,50 +187,27 @@ fn exec_cpu_affinity_applies_initial_then_final() {
         own.contains(&format!("Cpus_allowed_list:\t0-{}", cpus - 1)),
         "{own}"
     );
-    let bad = run_bad(&env, &base, &id, json!({"final": "0-x"}));
-    assert!(bad.contains("execCPUAffinity"), "{bad}");
+    let bad = exec_with_affinity(&env, &base, &id, json!({"final": "0-x"}));
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("execCPUAffinity"), "{}", stderr(&bad));
     assert!(env.runc(&["delete", "--force", &id]).status.success());
     env.assert_nothing_left("exec affinity");
 }
 
-fn run_bad(env: &Env, base: &Value, id: &str, affinity: Value) -> String {
+/// `exec`s a `grep Cpus_allowed_list` process built on `base` with `affinity` into `id`.
+fn exec_with_affinity(env: &Env, base: &Value, id: &str, affinity: Value) -> std::process::Output {
     let mut p = base.clone();
-    p["args"] = json!(["true"]);
+    p["args"] = json!(["grep", "Cpus_allowed_list", "/proc/self/status"]);
     p["execCPUAffinity"] = affinity;
     let path = env.dir.path().join("process.json");
     fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
-    let out = env.runc(&["exec", "--process", path.to_str().unwrap(), id]);
-    assert!(!out.status.success());
-    stderr(&out)
-}
-
-/// Makes the bundle's rootfs owned by uid/gid 100000 and maps the container's root to it.
-fn user_namespaced(env: &Env) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fn chown_tree(p: &std::path::Path) {
-        std::os::unix::fs::lchown(p, Some(100000), Some(100000)).unwrap();
-        if p.is_dir() && !p.is_symlink() {
-            for e in fs::read_dir(p).unwrap().flatten() {
-                chown_tree(&e.path());
-            }
-        }
-    }
-    chown_tree(&env.bundle().join("rootfs"));
-    env.set_config(|c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    });
+    env.runc(&["exec", "--process", path.to_str().unwrap(), id])
 }
 
 #[test]
 fn read_only_root_and_time_offsets_work_in_a_user_namespace() {
     let mut env = Env::new();
-    user_namespaced(&env);
+    env.user_namespaced();
     env.set_config(|c| {
         c["root"]["readonly"] = json!(true);
         c["linux"]["namespaces"]

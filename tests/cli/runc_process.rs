@@ -761,25 +761,7 @@ fn user_namespace_no_pivot_and_preserved_fds() {
     let mut env = Env::new();
     // Root in the container is uid 100000 on the host: the rootfs must be reachable and owned
     // by it, as with any user-namespaced container.
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fn chown_tree(p: &std::path::Path) {
-        std::os::unix::fs::lchown(p, Some(100000), Some(100000)).unwrap();
-        if p.is_dir() && !p.is_symlink() {
-            for e in fs::read_dir(p).unwrap().flatten() {
-                chown_tree(&e.path());
-            }
-        }
-    }
-    chown_tree(&env.bundle().join("rootfs"));
-    env.set_config(|c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    });
+    env.user_namespaced();
     let out = env.run("userns", &["sh", "-c", "id -u; cat /proc/self/uid_map"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -881,8 +863,19 @@ fn exec_cgroup_picks_an_existing_sub_cgroup_and_nothing_outside() {
     let (id, _) = started(&mut env, "exec-cgroup", &["sleep", "1000"]);
     let dirs = container_cgroup_dirs(&env, &id);
     assert!(!dirs.is_empty());
-    for d in &dirs {
-        fs::create_dir(d.join("sub")).unwrap();
+    /// Removes the sub-cgroups this test made, also when it fails (before `Env` deletes the
+    /// container and its cgroups).
+    struct Subs(Vec<std::path::PathBuf>);
+    impl Drop for Subs {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = fs::remove_dir(d);
+            }
+        }
+    }
+    let subs = Subs(dirs.iter().map(|d| d.join("sub")).collect());
+    for d in &subs.0 {
+        fs::create_dir(d).unwrap();
     }
     let out = env.runc(&["exec", "--cgroup", "sub", &id, "cat", "/proc/self/cgroup"]);
     assert!(out.status.success(), "{}", stderr(&out));

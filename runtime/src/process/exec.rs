@@ -75,7 +75,7 @@ fn setup(args: &ExecArgs, chan: &mut Channel) -> Result<(), String> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| format!("oom_score_adj: {e}"))?;
     }
-    finalize_process(&args.process, args.linux.as_ref(), args.preserve_fds, chan)?;
+    finalize_process(&args.process, args.linux.as_ref(), chan)?;
     // The final affinity is set last, once the process sits in the container's cgroup.
     if let Some(cpus) = last {
         sched::set_affinity("process.execCPUAffinity.final", &cpus)?;

@@ -376,22 +376,20 @@ fn setup(args: &InitArgs, chan: &mut Channel) -> Result<String, String> {
         }
     }
     if spec.process().is_none() {
-        // Nothing will be exec'd: `start` is refused. Keep no runtime fd past this point.
-        close_fds_on_exec(args.preserve_fds);
+        // Nothing will be exec'd: `start` is refused (run() still closes every runtime fd).
         return Ok(state);
     }
     // execCPUAffinity is for exec'd processes only (runtime spec): init keeps its affinity.
-    finalize_process(process, spec.linux().as_ref(), args.preserve_fds, chan)?;
+    finalize_process(process, spec.linux().as_ref(), chan)?;
     Ok(state)
 }
 
 /// The process half shared by init and `exec`: scheduling and memory settings, rlimits,
-/// seccomp, user, capabilities, umask, no_new_privs, a cwd that must lie inside the root, and
-/// no fd leaks.
+/// seccomp, user, capabilities, umask, no_new_privs and a cwd that must lie inside the root.
+/// The callers then close every runtime fd ([`close_fds_except`]).
 pub fn finalize_process(
     process: &Process,
     linux: Option<&Linux>,
-    preserve_fds: i32,
     chan: &mut Channel,
 ) -> Result<(), String> {
     // While the process still holds its capabilities: a lower nice value, a real-time policy
@@ -489,7 +487,6 @@ pub fn finalize_process(
             load_filter(f, *notify, chan)?;
         }
     }
-    close_fds_on_exec(preserve_fds);
     Ok(())
 }
 
@@ -527,20 +524,6 @@ pub fn close_fds_except(first: i32, keep: &[std::os::fd::RawFd]) -> Result<(), S
         }
     }
     Ok(())
-}
-
-/// No runtime fd may reach the user process: everything above 2 + preserved closes on exec.
-fn close_fds_on_exec(preserve_fds: i32) {
-    let first = 3 + preserve_fds.max(0) as u32;
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
 }
 
 fn load_filter(
